@@ -1,0 +1,110 @@
+"""Side-by-side benchmark: mnist-lit's real entry point vs the plain PyTorch loop (scripts/plain_pytorch.py).
+
+Both run as whole commands (imports, data loading, fit with validation every epoch, test), interleaved
+over several repetitions on the same data and device, so that the machine's noise hits both alike.
+Each variant reports its own peak RSS (getrusage). Reports per variant: whole-command wall time, fit time, ms per optimizer step, samples per second,
+peak host RSS, peak GPU memory (on a GPU), final val and test accuracy; and the ratios mnist-lit / plain
+(min, median, max over the repetitions).
+
+    python scripts/benchmark.py --root ../shared/mnist --epochs 10 --batch-size 32 --reps 3
+    python scripts/benchmark.py --device cuda --reps 3 -- model.compile=true   (extra mnist-lit overrides)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str]) -> tuple[float, str]:
+    """Run a whole command; return (wall seconds, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"benchmark: command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
+def mnist_lit(args, run_dir: str) -> dict:
+    cmd = [
+        sys.executable, "-m", "mnist_lit.train", f"data.root={args.root}", f"trainer.max_epochs={args.epochs}",
+        f"data.batch_size={args.batch_size}", f"trainer.accelerator={args.device}", f"hydra.run.dir={run_dir}",
+        *args.overrides,
+    ]
+    wall, _ = run(cmd)
+    m = json.loads((Path(run_dir) / "metrics.json").read_text())
+    return {
+        "wall_s": wall, "fit_s": m["fit_seconds"], "steps": m["steps"], "rss_mb": m["peak_rss_mb"],
+        "gpu_peak_mb": m.get("gpu_peak_mb"), "val_acc": m["metrics"]["val/acc"], "test_acc": m["test_acc"],
+    }
+
+
+def plain(args) -> dict:
+    cmd = [
+        sys.executable, "scripts/plain_pytorch.py", "--json", "--root", args.root, "--epochs", str(args.epochs),
+        "--batch-size", str(args.batch_size), "--device", args.device,
+    ]
+    wall, out = run(cmd)
+    m = json.loads(out.strip().splitlines()[-1])
+    return {
+        "wall_s": wall, "fit_s": m["fit_seconds"], "steps": m["steps"], "rss_mb": m["peak_rss_mb"],
+        "gpu_peak_mb": m.get("gpu_peak_mb"), "val_acc": m["val_acc"], "test_acc": m["test_acc"],
+    }
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=os.environ.get("MNIST_ROOT", "../shared/mnist"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", dest="json_path", help="also write all measurements to this JSON file")
+    parser.add_argument("overrides", nargs="*", help="extra mnist-lit overrides (after --)")
+    args = parser.parse_args()
+    results: dict[str, list[dict]] = {"mnist-lit": [], "plain": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.reps):
+            # alternate which goes first, so that neither always runs on a warmer machine
+            order = ["plain", "mnist-lit"] if rep % 2 == 0 else ["mnist-lit", "plain"]
+            for name in order:
+                r = plain(args) if name == "plain" else mnist_lit(args, f"{tmp}/run{rep}")
+                results[name].append(r)
+                print(f"rep {rep + 1}/{args.reps} {name:9s} wall {r['wall_s']:6.2f} s  fit {r['fit_s']:6.2f} s  "
+                      f"test_acc {r['test_acc']:.4f}  rss {r['rss_mb']:.0f} MB", flush=True)
+
+    print(f"\n{args.epochs} epochs, batch {args.batch_size}, device {args.device}; min / median / max over {args.reps}")
+    print("| variant | whole command s | fit s | ms/step | samples/s | peak RSS MB | GPU peak MB | val acc | test acc |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, rs in results.items():
+        ms = [1000 * r["fit_s"] / r["steps"] for r in rs]
+        sps = [r["steps"] * args.batch_size / r["fit_s"] for r in rs]
+        gpu = [r["gpu_peak_mb"] for r in rs if r["gpu_peak_mb"] is not None]
+        print(f"| {name} | {spread([r['wall_s'] for r in rs])} | {spread([r['fit_s'] for r in rs])} | {spread(ms)} | "
+              f"{statistics.median(sps):.0f} | {statistics.median([r['rss_mb'] for r in rs]):.0f} | "
+              f"{statistics.median(gpu) if gpu else '-'} | {statistics.median([r['val_acc'] for r in rs]):.4f} | "
+              f"{statistics.median([r['test_acc'] for r in rs]):.4f} |")
+    print("\nratio mnist-lit / plain (min / median / max over repetitions):")
+    for key, label in (("wall_s", "whole command"), ("fit_s", "fit"), ("rss_mb", "peak RSS")):
+        ratios = [a[key] / b[key] for a, b in zip(results["mnist-lit"], results["plain"])]
+        print(f"  {label:14s} {spread(ratios)}")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
