@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -159,18 +161,31 @@ class StepGroups:
     This is Keras' `steps_per_execution`: Lightning's per-batch bookkeeping (hooks, loops, progress)
     costs about as much as a whole optimizer step of this small MLP, so it is paid once per group.
     The batches and their order are exactly those of `batches`.
+
+    It is resumable (Lightning saves `state_dict` in checkpoints): a run resumed mid-epoch continues with
+    the epoch's next group. `trained` tells how many groups of the current epoch training has finished;
+    the count of groups yielded is no use, since Lightning fetches one group ahead.
     """
 
-    def __init__(self, batches: TensorBatches, size: int):
-        self.batches, self.size = batches, size
+    def __init__(self, batches: TensorBatches, size: int, trained: Callable[[], int] | None = None):
+        self.batches, self.size, self.trained = batches, size, trained
         self.sampler, self.batch_sampler = batches, None
+        self.skip = 0  # groups to leave out of the next iteration (set when resuming)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.batches.epoch, "groups_trained": self.trained() if self.trained else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.set_epoch(state["epoch"])
+        self.skip = state["groups_trained"]
 
     def __len__(self) -> int:
         return -(-len(self.batches) // self.size)
 
     def __iter__(self):
+        skip, self.skip = self.skip, 0
         group = []
-        for batch in self.batches:
+        for batch in itertools.islice(self.batches, skip * self.size, None):
             group.append(batch)
             if len(group) == self.size:
                 yield group
@@ -240,7 +255,12 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> StepGroups:
         batches = self._batches(self.train_x, self.train_y, self.batch_size, shuffle=True)
-        return StepGroups(batches, self.steps_per_execution)
+        return StepGroups(batches, self.steps_per_execution, trained=self._groups_trained)
+
+    def _groups_trained(self) -> int:
+        # training_steps the fit loop has finished in this epoch (`processed`: also right inside
+        # on_train_batch_end, where a signal's checkpoint is saved)
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches(self.val_x, self.val_y, self.eval_batch_size, shuffle=False)

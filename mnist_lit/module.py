@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import itertools
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -10,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from mnist_lit.errors import UserError
 
 
 def _metrics(num_classes: int) -> tuple[MeanMetric, MulticlassAccuracy]:
@@ -34,11 +38,12 @@ class MNISTClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         augment: nn.Module | None = None,
         num_classes: int = 10,
+        compile: bool = False,
     ):
         super().__init__()
         self.net, self.augment = net, augment
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.compile = label_smoothing, compile
         self.automatic_optimization = False
         self.register_buffer("train_sums", torch.zeros(2), persistent=False)  # loss * n, correct
         self.train_count = 0
@@ -51,20 +56,52 @@ class MNISTClassifier(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        # Plain backward() and optimizer.step(): Lightning's manual_backward/LightningOptimizer.step add
+        # four hook dispatches per step, a tenth of a step's time for this MLP on a CPU. In exchange:
+        # no loss scaling (16-mixed is refused in setup) and no per-step backward/optimizer hooks
+        # (under DDP the backward goes through Lightning, which syncs the gradients).
+        optimizer, scheduler = self.optimizers().optimizer, self.lr_schedulers()
         for x, y in batch:
             if self.augment is not None:
                 x = self.augment(x)
-            logits = self.net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+            loss, correct = self.loss_and_correct(x, y)
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            optimizer.step()
+            if self.trainer.world_size > 1:
+                # DDP all-reduces the gradients only in a backward whose reducer Lightning prepared
+                self.manual_backward(loss)
+            else:
+                loss.backward()
+            self.optimizer_step_fn(optimizer)
             if scheduler is not None:
                 scheduler.step()
             self.train_sums[0].add_(loss.detach(), alpha=len(y))
-            self.train_sums[1].add_((logits.argmax(1) == y).sum())
+            self.train_sums[1].add_(correct)
             self.train_count += len(y)
+
+    def loss_and_correct(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return loss, (logits.argmax(1) == y).sum()
+
+    def optimizer_step_fn(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+        # Lightning counts a manual-optimization step (global_step, checkpoint names) when its own
+        # LightningOptimizer.step runs; the plain step above is counted here the same way
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        progress.increment_ready()
+        progress.increment_completed()
+
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None and str(self.trainer.precision) in ("16-mixed", "16"):
+            raise UserError(
+                f"trainer.precision={self.trainer.precision} needs loss scaling, which mnist-lit's training step "
+                "does not do; use trainer.precision=bf16-mixed (or 32)."
+            )
+        if self.compile and stage == "fit":
+            # forward + loss (and through AOTAutograd the backward) in one compiled graph; on a GPU,
+            # reduce-overhead replays it as a CUDA graph, so a step costs a few launches
+            mode = "reduce-overhead" if self.trainer.strategy.root_device.type == "cuda" else "default"
+            self.loss_and_correct = torch.compile(self.loss_and_correct, mode=mode, dynamic=False)
 
     def _eval_step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy) -> None:
         x, y = batch
@@ -81,6 +118,15 @@ class MNISTClassifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.train_sums.zero_()
         self.train_count = 0
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # a run resumed mid-epoch goes on summing the same epoch, so its train/loss and train/acc are exact
+        checkpoint["train_sums"], checkpoint["train_count"] = self.train_sums.cpu(), self.train_count
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "train_sums" in checkpoint:
+            self.train_sums.copy_(checkpoint["train_sums"])
+            self.train_count = checkpoint["train_count"]
 
     def on_train_epoch_end(self) -> None:
         loss, acc = (self.train_sums / max(self.train_count, 1)).unbind()
@@ -101,9 +147,23 @@ class MNISTClassifier(pl.LightningModule):
         self.test_loss.reset()
         self.test_acc.reset()
 
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps in the fit: minibatches per epoch (a training batch holds several) x epochs."""
+        trainer = self.trainer
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            raise UserError("model.scheduler needs the fit's length: set trainer.max_epochs (e.g. 30).")
+        _ = trainer.estimated_stepping_batches  # sets up the training data and num_training_batches
+        groups = itertools.islice(trainer.train_dataloader, trainer.num_training_batches)
+        return sum(len(group) for group in groups) * trainer.max_epochs
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        kwargs = {}
+        total = inspect.signature(self.scheduler_factory).parameters.get("total_steps")
+        if total is not None and total.default is None:
+            # a schedule over the whole fit (OneCycleLR) whose config leaves its length null
+            kwargs["total_steps"] = self.total_optimizer_steps()
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

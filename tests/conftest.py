@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import mnist_lit.schema  # noqa: F401  (registers the config schema `train_schema` in Hydra's ConfigStore)
+
 PROJECT = Path(__file__).resolve().parent.parent
 REAL_ROOT = Path(os.environ.get("MNIST_ROOT", PROJECT.parent / "shared" / "mnist"))
 
@@ -74,3 +76,56 @@ def run_cli(module: str, *overrides: str, timeout: float = 600, env: dict | None
         [sys.executable, "-m", module, *overrides],
         cwd=PROJECT, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+# not the default network (hidden sizes, dropout), on standardised pixels: only the run's config says so
+SYNTHETIC_RUN = [
+    "trainer.max_epochs=3",
+    "seed=0",
+    "model.net.hidden_sizes=[32,16]",
+    "model.net.dropout=0.1",
+    "data.normalize=true",
+    *SYNTHETIC_OVERRIDES,
+]
+REAL_RUN = ["trainer.max_epochs=3", "trainer=cpu", "data.download=false"]
+
+
+def trained_run(tmp_path_factory, name: str, overrides: list[str]) -> Path:
+    """A run dir trained with `overrides`, trained once per test session whichever test file asks first."""
+    run_dir = tmp_path_factory.getbasetemp() / "trained_runs" / name
+    if not (run_dir / "metrics.json").is_file():
+        proc = run_cli("mnist_lit.train", f"hydra.run.dir={run_dir}", *overrides)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def synthetic_run_dir(tmp_path_factory, synthetic_root: Path) -> Path:
+    """A 784-32-16-10 network with dropout on standardised synthetic digits, 3 epochs."""
+    return trained_run(tmp_path_factory, "synthetic", [f"data.root={synthetic_root}", *SYNTHETIC_RUN])
+
+
+def real_run_dir(tmp_path_factory, real_root: Path) -> Path:
+    """The default network on the real MNIST, 3 epochs."""
+    return trained_run(tmp_path_factory, "real", [f"data.root={real_root}", *REAL_RUN])
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(synthetic_root, tmp_path_factory) -> Path:
+    return synthetic_run_dir(tmp_path_factory, synthetic_root)
+
+
+@pytest.fixture(scope="session")
+def real_run(real_root, tmp_path_factory) -> Path:
+    return real_run_dir(tmp_path_factory, real_root)
+
+
+def compose(config: str, *overrides: str):
+    """The config an entry point would get from the command line, for calling it in-process."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+
+    with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name=config, overrides=list(overrides))

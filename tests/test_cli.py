@@ -32,6 +32,11 @@ def test_short_run_learns_and_writes_everything(synthetic_root, tmp_path):
 
 def test_help_and_cfg_job():
     proc = run_cli("mnist_lit.train", "--help")
-    assert proc.returncode == 0 and "experiment: keras_tutorial" in proc.stdout
+    assert proc.returncode == 0
+    groups = {}  # the first "group: option, option" lines are the config groups
+    for line in proc.stdout.splitlines():
+        name, _, options = line.partition(": ")
+        groups.setdefault(name, options)
+    assert "keras_tutorial" in groups["experiment"] and "cpu" in groups["trainer"].split(", ")
     proc = run_cli("mnist_lit.train", "--cfg", "job", "data.batch_size=64")
     assert proc.returncode == 0 and "batch_size: 64" in proc.stdout

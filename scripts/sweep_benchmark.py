@@ -1,0 +1,74 @@
+"""Sweep throughput: the same 4 one-epoch jobs run one after the other (Hydra's basic launcher) and in
+parallel (hydra/launcher=joblib, one worker per core, each limited to cores / workers threads).
+
+Both are whole `python -m mnist_lit.train -m ...` commands on the real data, alternated over --reps
+repetitions so that a shared machine's noise hits both alike. Reports each sweep's wall time, the jobs' fit
+times and test accuracies, and the ratio parallel / sequential (below 1: parallel is faster).
+
+    python scripts/sweep_benchmark.py --root ../shared/mnist --reps 1
+    python scripts/sweep_benchmark.py --reps 2 -- data.batch_size=128     (extra overrides for every job)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHERS = {"sequential": [], "joblib": ["hydra/launcher=joblib"]}
+
+
+def sweep(args, launcher: str, sweep_dir: Path) -> dict:
+    cmd = [
+        sys.executable, "-m", "mnist_lit.train", "-m", f"seed={','.join(str(s) for s in range(args.jobs))}",
+        f"data.root={args.root}", "trainer.max_epochs=1", "trainer=cpu", f"hydra.sweep.dir={sweep_dir}",
+        *LAUNCHERS[launcher], *args.overrides,
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"sweep_benchmark: {launcher} sweep failed ({proc.returncode}): {' '.join(cmd)}\n"
+                 f"{proc.stderr[-3000:]}")
+    jobs = [json.loads((sweep_dir / str(i) / "metrics.json").read_text()) for i in range(args.jobs)]
+    return {"wall_s": wall, "fit_s": [j["fit_seconds"] for j in jobs],
+            "test_acc": [j["test_acc"] for j in jobs], "device": jobs[0]["device"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=os.environ.get("MNIST_ROOT", "../shared/mnist"))
+    parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("overrides", nargs="*", help="extra mnist-lit overrides for every job (after --)")
+    args = parser.parse_args()
+
+    results: dict[str, list[dict]] = {name: [] for name in LAUNCHERS}
+    with tempfile.TemporaryDirectory(prefix="sweep_benchmark_") as tmp:
+        for rep in range(args.reps):
+            order = list(LAUNCHERS) if rep % 2 == 0 else list(reversed(LAUNCHERS))
+            for name in order:
+                r = sweep(args, name, Path(tmp) / f"{name}{rep}")
+                results[name].append(r)
+                print(f"rep {rep} {name:10s} wall {r['wall_s']:6.1f} s  fit per job "
+                      f"{', '.join(f'{f:.1f}' for f in r['fit_s'])} s  test/acc "
+                      f"{', '.join(f'{a:.4f}' for a in r['test_acc'])}  [{r['device']}]", flush=True)
+
+    walls = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in results.items()}
+    pairs = zip(results["joblib"], results["sequential"], strict=True)
+    ratios = [p["wall_s"] / s["wall_s"] for p, s in pairs]
+    print(f"\n{args.jobs} one-epoch jobs on {os.cpu_count()} cores, median over {args.reps} rep(s): "
+          f"sequential {walls['sequential']:.1f} s, joblib {walls['joblib']:.1f} s; "
+          f"ratio joblib / sequential {statistics.median(ratios):.2f} "
+          f"(min {min(ratios):.2f}, max {max(ratios):.2f}); speed-up {1 / statistics.median(ratios):.2f}x")
+
+
+if __name__ == "__main__":
+    main()

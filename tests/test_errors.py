@@ -1,0 +1,181 @@
+"""Every user mistake ends with a short message naming the key or file, the bad value and the fix: exit 1,
+no traceback. The CLI runs in this process (its exit and output are the real ones) to keep the table fast;
+a few cases also run as real subprocesses."""
+
+import runpy
+import shutil
+import sys
+
+import pytest
+import torch
+from conftest import SYNTHETIC_OVERRIDES, run_cli, write_idx
+
+from mnist_lit import train as train_cli
+
+RAW = ("MNIST", "raw")
+
+
+def cli(capfd, *args: str) -> tuple[int, str]:
+    """Run `python -m mnist_lit.train args...` in this process; returns (exit code, stdout + stderr)."""
+    argv = sys.argv
+    sys.argv = [train_cli.__file__, *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_module("mnist_lit.train", run_name="__main__")
+    finally:
+        sys.argv = argv
+    out, err = capfd.readouterr()
+    return exit_info.value.code, out + err
+
+
+# (id, overrides, what the message must say): config mistakes, caught before any data is read
+CONFIG_CASES = [
+    ("type-int", ["data.batch_size=abc"], ["data.batch_size", "abc", "Integer"]),
+    ("type-bool", ["data.download=maybe"], ["data.download", "maybe", "bool"]),
+    ("type-list", ["model.net.hidden_sizes=[a]"], ["hidden_sizes", "'a'", "Integer"]),
+    ("batch-zero", ["data.batch_size=0"], ["data.batch_size=0", "positive"]),
+    ("steps-zero", ["data.steps_per_execution=0"], ["data.steps_per_execution=0", "positive"]),
+    ("lr-zero", ["model.optimizer.lr=0"], ["model.optimizer.lr=0", "> 0"]),
+    ("lr-text", ["model.optimizer.lr=fast"], ["model.optimizer.lr='fast'", "number"]),
+    ("val-size-zero", ["data.val_size=0"], ["data.val_size=0", "between 1 and 59999"]),
+    ("val-size-too-big", ["data.val_size=60000"], ["data.val_size=60000", "between 1 and 59999"]),
+    ("hidden-zero", ["model.net.hidden_sizes=[0]"], ["model.net.hidden_sizes=[0]", "positive"]),
+    ("dropout-range", ["model.net.dropout=1.5"], ["model.net.dropout=1.5", "[0, 1)"]),
+    ("max-epochs-zero", ["trainer.max_epochs=0"], ["trainer.max_epochs=0", "positive"]),
+    ("max-epochs-text", ["trainer.max_epochs=ten"], ["trainer.max_epochs='ten'", "positive integer"]),
+    ("seed-negative", ["seed=-1"], ["seed=-1", "between 0 and"]),
+    ("threads-zero", ["threads=0"], ["threads=0", "positive"]),
+    ("label-smoothing", ["model.label_smoothing=2"], ["model.label_smoothing=2.0", "[0, 1]"]),
+    ("accelerator", ["trainer.accelerator=tpux"], ["trainer", "tpux", "cpu", "cuda"]),
+    ("group-option", ["data=fashion"], ["data/fashion", "Available options", "mnist"]),
+    ("unknown-key", ["data.batchsize=64"], ["data.batchsize", "not in", "DataConfig"]),
+    ("unknown-top-key", ["epochs=3"], ["epochs", "not in", "TrainConfig"]),
+    ("unknown-key-added", ["+data.batchsize=64"], ["data.batchsize", "not in", "DataConfig"]),
+    ("unknown-top-key-added", ["+epochs=3"], ["epochs", "not in", "TrainConfig"]),
+    ("unknown-trainer-key", ["+trainer.epochs=3"], ["trainer", "epochs"]),
+    ("unknown-optimizer", ["model.optimizer._target_=torch.optim.Adamm"], ["model", "torch.optim.Adamm"]),
+    ("optimizer-argument", ["+model.optimizer.momentum=0.9"], ["model.optimizer", "momentum"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [c[1:] for c in CONFIG_CASES],
+                         ids=[c[0] for c in CONFIG_CASES])
+def test_config_mistake(overrides, expected, synthetic_root, tmp_path, capfd):
+    code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}",
+                       *SYNTHETIC_OVERRIDES, *overrides)
+    assert code == 1, output
+    assert "Traceback" not in output
+    for text in expected:
+        assert text in output, f"{text!r} not in:\n{output}"
+    assert not (tmp_path / "checkpoints").exists()  # refused before any work
+
+
+def corrupt(root, name: str, how: str) -> None:
+    path = root.joinpath(*RAW, name)
+    if how == "missing":
+        path.unlink()
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif how == "magic":
+        path.write_bytes(b"\x00\x00\x08\x04" + path.read_bytes()[4:])
+    elif how == "counts":  # fewer labels than images: a consistent file of the wrong length
+        write_idx(path, torch.zeros(599, dtype=torch.uint8))
+    elif how == "labels":
+        write_idx(path, torch.full((600,), 12, dtype=torch.uint8))
+
+
+DATA_CASES = [
+    ("missing-file", "train-labels-idx1-ubyte", "missing",
+     ["train-labels-idx1-ubyte", "missing", "data.root"]),
+    ("truncated", "t10k-images-idx3-ubyte", "truncated", ["t10k-images-idx3-ubyte", "truncated"]),
+    ("magic", "train-images-idx3-ubyte", "magic", ["train-images-idx3-ubyte", "magic number 2052", "2051"]),
+    ("counts", "train-labels-idx1-ubyte", "counts", ["600 images but 599 labels", "train"]),
+    ("labels", "train-labels-idx1-ubyte", "labels", ["train-labels-idx1-ubyte", "label 12", "0-9"]),
+]
+
+
+@pytest.mark.parametrize(("name", "how", "expected"), [c[1:] for c in DATA_CASES],
+                         ids=[c[0] for c in DATA_CASES])
+def test_data_fault(name, how, expected, fresh_synthetic_root, tmp_path, capfd):
+    corrupt(fresh_synthetic_root, name, how)
+    code, output = cli(capfd, f"data.root={fresh_synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}",
+                       *SYNTHETIC_OVERRIDES)
+    assert code == 1 and "Traceback" not in output, output
+    for text in expected:
+        assert text in output, f"{text!r} not in:\n{output}"
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_root(tmp_path, capfd):
+    code, output = cli(capfd, f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}",
+                       *SYNTHETIC_OVERRIDES)
+    assert code == 1 and "Traceback" not in output
+    assert str(tmp_path / "nowhere") in output and "MNIST files not found" in output and "data.root" in output
+
+
+def test_output_dir_not_writable(synthetic_root, tmp_path, capfd):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={blocker / 'run'}",
+                       *SYNTHETIC_OVERRIDES)
+    assert code == 1 and "Traceback" not in output, output
+    assert str(blocker) in output
+
+
+def test_resume_of_a_folder_that_is_no_run(tmp_path, capfd):
+    code, output = cli(capfd, f"resume={tmp_path}")
+    assert code == 1 and "Traceback" not in output
+    assert f"resume={tmp_path}" in output and "not a training run folder" in output
+
+
+def test_full_error_shows_the_traceback(synthetic_root, tmp_path):
+    """A mistake in real subprocesses: a plain message, and a traceback only with HYDRA_FULL_ERROR=1."""
+    args = ("mnist_lit.train", f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}",
+            *SYNTHETIC_OVERRIDES, "model.optimizer.lr=-1")
+    plain = run_cli(*args)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert "error: invalid config: model.optimizer.lr=-1: must be a number > 0" in plain.stderr
+    full = run_cli(*args, env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and "UserError" in full.stderr
+
+
+def test_checkpoint_faults(synthetic_root, tmp_path, capfd):
+    """ckpt_path: missing, corrupt, and of another architecture (naming the layer shapes)."""
+    base = [f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}", *SYNTHETIC_OVERRIDES]
+    code, output = cli(capfd, *base, f"ckpt_path={tmp_path / 'none.ckpt'}")
+    assert code == 1 and "none.ckpt does not exist" in output and "Traceback" not in output
+
+    (tmp_path / "bad.ckpt").write_bytes(b"PK\x03\x04 half a file")
+    code, output = cli(capfd, *base, f"ckpt_path={tmp_path / 'bad.ckpt'}")
+    assert code == 1 and "truncated or corrupt" in output and "Traceback" not in output
+
+    from mnist_lit.model import MLP
+
+    wide = {f"net.{k}": v for k, v in MLP(hidden_sizes=[64]).state_dict().items()}
+    torch.save({"state_dict": wide}, tmp_path / "wide.ckpt")
+    code, output = cli(capfd, *base, f"ckpt_path={tmp_path / 'wide.ckpt'}")
+    assert code == 1 and "Traceback" not in output
+    assert "net.0.weight is 64x784 in the checkpoint but 128x784 in the model" in output
+
+
+class Exploit:
+    """Unpickling this runs code: it creates the file named in `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (shutil.copyfile, (__file__, self.path))
+
+
+def test_malicious_checkpoint_is_refused_and_not_run(synthetic_root, tmp_path, capfd):
+    pwned = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "payload": Exploit(str(pwned))}, tmp_path / "evil.ckpt")
+    code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}",
+                       *SYNTHETIC_OVERRIDES, f"ckpt_path={tmp_path / 'evil.ckpt'}")
+    assert code == 1 and "Traceback" not in output
+    assert "evil.ckpt" in output and "refuses to unpickle" in output
+    assert not pwned.exists()
+    # the same file unpickled without protection would have run the code: the check above means something
+    torch.load(tmp_path / "evil.ckpt", weights_only=False)
+    assert pwned.exists()

@@ -1,0 +1,68 @@
+"""Exporting a run to ONNX and TorchScript, checked against PyTorch (mnist_lit.export)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose
+
+from mnist_lit.errors import UserError
+
+
+@pytest.mark.real_data
+def test_onnx_file_runs_in_onnxruntime_like_pytorch(real_run, real_root, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from mnist_lit.checkpoint import load_run
+    from mnist_lit.data import load_mnist, to_features
+    from mnist_lit.export import export
+
+    path = tmp_path / "digits.onnx"
+    check = export(compose("export", f"run_dir={real_run}", f"output={path}", f"data.root={real_root}"))
+    assert check["ok"] and check["max_abs_diff"] < 1e-5 and check["digits"] == 10_000
+    assert check["same_prediction"] == 10_000
+    assert f"max |p_onnx - p_torch| = {check['max_abs_diff']:.2e} (< 1e-05)" in capsys.readouterr().out
+
+    # as the README runs it: onnxruntime alone, pixels in [0, 1], any batch size
+    images, labels = load_mnist(real_root, train=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixels"]
+    run = load_run(real_run)
+    for batch in (1, 7, 1000):
+        pixels = images[:batch].numpy().astype(np.float32) / 255
+        (probs,) = session.run(["probabilities"], {"pixels": pixels})
+        with torch.inference_mode():
+            expected = run.net(to_features(images[:batch], run.normalize)).softmax(1).numpy()
+        assert probs.shape == (batch, 10)
+        assert np.abs(probs - expected).max() < 1e-5
+    assert (probs.argmax(1) == labels[:1000].numpy()).mean() > 0.95
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["producer"] == "mnist-lit" and meta["checkpoint"] == str(run.checkpoint)
+
+
+def test_torchscript_of_a_normalizing_run(synthetic_run, synthetic_root):
+    from mnist_lit.checkpoint import load_run
+    from mnist_lit.data import load_mnist, to_features
+    from mnist_lit.export import export
+
+    check = export(compose("export", f"run_dir={synthetic_run}", "format=torchscript", "check_digits=100"))
+    assert check["ok"] and check["digits"] == 100 and check["file"] == str(synthetic_run / "model.pt")
+    extra = {"mnist_lit.json": ""}
+    with pytest.warns(FutureWarning):  # torch 2.14 deprecates TorchScript; it still loads
+        loaded = torch.jit.load(check["file"], _extra_files=extra)
+    assert json.loads(extra["mnist_lit.json"])["format"] == "torchscript"
+    images, _ = load_mnist(synthetic_root, train=False)
+    run = load_run(synthetic_run)
+    with torch.inference_mode():
+        expected = run.net(to_features(images, normalize=True)).softmax(1)
+        assert torch.allclose(loaded(images.float() / 255), expected, atol=1e-6)
+
+
+def test_unknown_format(synthetic_run):
+    from mnist_lit.export import export
+
+    with pytest.raises(UserError, match="format=tflite is not known; choose one of onnx, torchscript"):
+        export(compose("export", f"run_dir={synthetic_run}", "format=tflite"))

@@ -1,0 +1,81 @@
+"""Figures and the training callbacks that draw them (mnist_lit.plots)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_lit import plots
+
+
+def test_learning_curves_figure_has_both_plots_labelled(tmp_path):
+    history = [
+        {"epoch": e, "train/loss": 1 / e, "val/loss": 1.2 / e, "train/acc": 1 - 0.1 / e, "val/acc": 0.9}
+        for e in (1, 2, 3)
+    ]
+    history.append({"epoch": 4, "val/loss": 0.3, "val/acc": 0.91})  # an epoch without training scores
+    fig = plots.learning_curves_figure(history)
+    loss, acc = fig.axes
+    assert (loss.get_title(), acc.get_title()) == ("Loss per epoch", "Accuracy per epoch")
+    assert loss.get_xlabel() == acc.get_xlabel() == "epoch"
+    assert loss.get_ylabel() == "cross-entropy loss" and acc.get_ylabel() == "accuracy"
+    for ax in (loss, acc):
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training", "validation"]
+    train, val = loss.lines
+    assert list(train.get_xdata()) == [1, 2, 3] and list(val.get_xdata()) == [1, 2, 3, 4]
+    assert np.allclose(val.get_ydata(), [1.2, 0.6, 0.4, 0.3])
+    path = plots.save(fig, tmp_path / "curves.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 1000
+
+
+def test_confusion_matrix_and_misclassified_figures_are_labelled():
+    confusion = torch.diag(torch.full((10,), 90)) + torch.ones(10, 10, dtype=torch.long)
+    confusion[4, 9] = 7
+    fig = plots.confusion_matrix_figure(confusion, "Confusion matrix")
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted digit", "true digit")
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(d) for d in range(10)]
+    cells = [t.get_text() for t in ax.texts]  # one per non-zero cell
+    assert cells.count("91") == 10 and "7" in cells and cells.count("1") == 89
+    assert fig.axes[1].get_ylabel() == "number of test digits (log scale)"
+
+    images = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    fig = plots.misclassified_figure(
+        images,
+        torch.tensor([4, 7, 2]),
+        torch.tensor([9, 1, 8]),
+        torch.tensor([0.99, 0.5, 0.42]),
+        torch.tensor([12, 345, 6789]),
+    )
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [
+        "true 4, predicted 9\n99.0% sure · #12",
+        "true 7, predicted 1\n50.0% sure · #345",
+        "true 2, predicted 8\n42.0% sure · #6789",
+    ]
+    assert plots.to_image(fig).shape[2] == 3
+
+
+def test_training_writes_curves_and_test_images(synthetic_run):
+    """The default callbacks: curves.png in the run dir from the per-epoch scores (kept in the checkpoint
+    too), the confusion matrix and the misclassified digits in TensorBoard."""
+    with Image.open(synthetic_run / "curves.png") as image:
+        assert image.format == "PNG" and image.width > 1000
+    events = EventAccumulator(str(synthetic_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"test/confusion_matrix", "test/misclassified"} <= set(events.Tags()["images"])
+    image = events.Images("test/confusion_matrix")[-1]
+    assert image.width > 500 and image.height > 500
+
+    best = json.loads((synthetic_run / "metrics.json").read_text())["best_checkpoint"]
+    history = torch.load(best, weights_only=True)["callbacks"]["LearningCurves"]["history"]
+    epoch = torch.load(best, weights_only=True)["epoch"]
+    assert [h["epoch"] for h in history] == list(range(1, epoch + 2))
+    logged = {name: [s.value for s in events.Scalars(name)] for name in ("train/loss", "val/acc")}
+    assert np.allclose([h["train/loss"] for h in history], logged["train/loss"][: epoch + 1])
+    assert np.allclose([h["val/acc"] for h in history], logged["val/acc"][: epoch + 1])

@@ -1,0 +1,84 @@
+"""Runs that end early keep their work: divergence, SIGTERM, and checkpoint writes that fail half-way."""
+
+import errno
+import json
+import signal
+import time
+
+import pytest
+import torch
+from conftest import SYNTHETIC_OVERRIDES
+from test_errors import cli
+from test_resume import popen_train
+
+from mnist_lit.errors import UserError
+from mnist_lit.reliability import AtomicCheckpointIO
+
+
+def test_divergence_stops_with_status_and_keeps_the_best_checkpoint(synthetic_root, tmp_path, capfd):
+    # lr 1e-3 for epoch 0 (16 steps), then x1e6 from step 20: the loss explodes in epoch 1
+    step_up = ("model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,"
+               "step_size:20,gamma:1000000.0}")
+    code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}",
+                       *SYNTHETIC_OVERRIDES,
+                       "trainer.max_epochs=3", step_up)
+    assert code == 1 and "Traceback" not in output, output
+    assert "training diverged" in output and "epoch 1" in output and "model.optimizer.lr=" in output
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and "training diverged" in metrics["error"]
+    best = metrics["best_checkpoint"]
+    assert best and "epoch00" in best and best in output
+    weights = torch.load(best, weights_only=True)["state_dict"]
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_huge_learning_rate_diverges_at_once(synthetic_root, tmp_path, capfd):
+    code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}",
+                       *SYNTHETIC_OVERRIDES,
+                       "trainer.max_epochs=2", "model.optimizer.lr=1e3")
+    assert code == 1 and "Traceback" not in output
+    assert "training diverged" in output and "epoch 0" in output and "no checkpoint" in output
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_resumable_checkpoint(synthetic_root, tmp_path):
+    marker = tmp_path / "paused"
+    proc = popen_train(f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path / 'run'}",
+                       *SYNTHETIC_OVERRIDES,
+                       "trainer.max_epochs=2",
+                       "+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.epoch=0",
+                       "+callbacks.pause.batch=1", f"+callbacks.pause.marker={marker}")
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGTERM)
+    marker.unlink()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    assert "interrupted by SIGTERM in epoch 0 after 10 optimizer steps" in err  # 2 training_steps of 5
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["steps"] == 10
+    ckpt = torch.load(metrics["resume_checkpoint"], weights_only=True)
+    assert ckpt["global_step"] == 10 and ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "groups_trained": 2}
+    ]
+
+
+def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"weights": torch.ones(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
+
+    def disk_full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(UserError, match=r"could not write checkpoint .*last.ckpt: No space left on device"):
+        io.save_checkpoint({"weights": torch.zeros(3)}, path)
+    # the previous checkpoint is intact under its name, and no temporary file is left behind
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]

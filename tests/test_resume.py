@@ -1,0 +1,100 @@
+"""Interrupting real training runs: SIGINT mid-epoch, then resuming, ends exactly as an uninterrupted run.
+
+Also the determinism check: two uninterrupted runs with trainer.deterministic=true are bit-identical.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import PROJECT, run_cli
+
+TESTS = Path(__file__).resolve().parent
+# one optimizer step per training_step: 16 training_steps an epoch, so there is a middle to interrupt;
+# the last epoch is interrupted, so its train/loss and train/acc add up sums from before and after
+OVERRIDES = ["data.val_size=100", "data.download=false", "data.steps_per_execution=1", "trainer=cpu",
+             "trainer.max_epochs=3", "seed=0", "trainer.deterministic=true"]
+COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epochs", "steps")
+
+
+class PauseAt(pl.Callback):
+    """Test helper: at (epoch, batch_idx) writes `marker` and waits until the test removes it.
+
+    The test sends its signal while the run waits here, so the interruption lands at a known training_step.
+    """
+
+    def __init__(self, epoch: int, batch: int, marker: str):
+        self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            self.marker.write_text("paused")
+            deadline = time.monotonic() + 120
+            while self.marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+
+def popen_train(*overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(TESTS)}
+    return subprocess.Popen([sys.executable, "-m", "mnist_lit.train", *overrides], cwd=PROJECT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def compared(run_dir: Path) -> dict:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {k: metrics[k] for k in COMPARED} | {"best": Path(metrics["best_checkpoint"]).name}
+
+
+@pytest.mark.slow
+def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path):
+    data = f"data.root={synthetic_root}"
+    # two uninterrupted runs in one process (a two-job sweep), while the interrupted one runs beside them
+    sweep = popen_train("-m", "seed=0,0", data, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                        *[o for o in OVERRIDES if not o.startswith("seed=")])
+    run, marker = tmp_path / "run", tmp_path / "paused"
+    pause = [f"+callbacks.pause._target_={__name__}.PauseAt", "+callbacks.pause.epoch=2",
+             "+callbacks.pause.batch=5", f"+callbacks.pause.marker={marker}"]
+    proc = popen_train(data, f"hydra.run.dir={run}", *OVERRIDES, *pause)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGINT)
+    marker.unlink()  # after the signal: the run goes on to the end of this training_step, then stops
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and f"resume={run}" in err and "interrupted by SIGINT in epoch 2" in err
+    interrupted = json.loads((run / "metrics.json").read_text())
+    assert interrupted["status"] == "interrupted" and interrupted["steps"] == 2 * 16 + 6
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (2, 38)
+    assert not list(run.glob("checkpoints/.*.tmp"))
+
+    # both ways to resume: `resume=<run dir>` (in that folder, with its config) and `ckpt_path=` (in a new
+    # folder, with this command's config), side by side
+    shutil.copy(run / "checkpoints" / "last.ckpt", tmp_path / "interrupted.ckpt")
+    by_ckpt = popen_train(data, f"hydra.run.dir={tmp_path / 'by_ckpt'}", *OVERRIDES,
+                          f"ckpt_path={tmp_path / 'interrupted.ckpt'}")
+    resumed = run_cli("mnist_lit.train", f"resume={run}", env={"PYTHONPATH": str(TESTS)})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    out, err = by_ckpt.communicate(timeout=300)
+    assert by_ckpt.returncode == 0, err[-3000:]
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err[-3000:]
+
+    first, second = compared(tmp_path / "sweep" / "0"), compared(tmp_path / "sweep" / "1")
+    assert first == second  # determinism: bit-identical metrics
+    assert first["status"] == "completed" and first["steps"] == 3 * 16
+    assert compared(run) == first  # the interrupted + resumed run ends exactly as the uninterrupted one
+    # the best epoch (0: val/acc is 1.0 from the start) came before the interruption, and is still chosen
+    assert compared(tmp_path / "by_ckpt") == first
+    assert (tmp_path / "by_ckpt" / "checkpoints" / first["best"]).is_file()

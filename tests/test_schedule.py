@@ -1,0 +1,93 @@
+"""Learning-rate schedules (conf/model/scheduler): they compose, and the logged lr follows them."""
+
+import csv
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+
+import mnist_lit.schema  # noqa: F401 (registers train_schema, which conf/train.yaml composes)
+from mnist_lit.data import MNISTDataModule
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+SCHEDULERS = sorted(p.stem for p in (CONF / "model" / "scheduler").glob("*.yaml"))
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # these small tensors gain nothing from more threads, and lose much to waiting on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def compose_train(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def logged_lrs(csv_path: Path, column: str) -> list[float]:
+    with csv_path.open() as f:
+        return [float(row[column]) for row in csv.DictReader(f) if row.get(column)]
+
+
+@pytest.mark.parametrize("option", SCHEDULERS)
+def test_scheduler_options_compose(option):
+    cfg = compose_train([f"model/scheduler={option}"])
+    assert cfg.model.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR"
+    assert cfg.model.scheduler.total_steps is None  # filled in by the module from the fit's length
+    # `model.scheduler=null` still turns a chosen schedule off, and the default has none
+    off = compose_train([f"model/scheduler={option}", "model.scheduler=null"])
+    assert instantiate(off.model).scheduler_factory is None
+    assert instantiate(compose_train([]).model).scheduler_factory is None
+
+
+@pytest.mark.parametrize(("overrides", "limit_groups"), [
+    (["model/scheduler=onecycle"], None),
+    (["model/scheduler=warmup_cosine"], 2),
+    (["experiment=mlp128_best"], None),
+])
+def test_logged_lr_follows_the_schedule_over_the_whole_fit(overrides, limit_groups, synthetic_root, tmp_path):
+    cfg = compose_train(overrides)
+    model = instantiate(cfg.model)
+    # 500 training examples / 25 = 20 optimizer steps per epoch, in 4 training batches of 5 steps
+    data = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=25, split_seed=0,
+                           steps_per_execution=5)
+    epochs = 3
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=epochs, limit_train_batches=limit_groups, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        logger=CSVLogger(tmp_path, name="csv", version=""),
+        callbacks=[instantiate(cfg.callbacks.lr_monitor)],  # the LearningRateMonitor every run has
+    )
+    pl.seed_everything(0, verbose=False)
+    trainer.fit(model, datamodule=data)
+
+    steps = epochs * 5 * (limit_groups or 4)
+    assert trainer.global_step == steps
+    # the same schedule, by torch, over exactly the fit's optimizer steps
+    optimizer = trainer.optimizers[0]
+    reference_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = instantiate(cfg.model.scheduler)(optimizer=reference_opt, total_steps=steps)
+    expected = []
+    for _ in range(steps):
+        expected.append(reference_opt.param_groups[0]["lr"])
+        reference_opt.step()
+        reference.step()
+    lrs = logged_lrs(tmp_path / "csv" / "metrics.csv", f"lr-{type(optimizer).__name__}")
+    # logged once per training batch, before its 5 steps
+    assert lrs == pytest.approx(expected[::5], rel=1e-6)
+    s = cfg.model.scheduler
+    assert lrs[0] == pytest.approx(s.max_lr / s.div_factor)
+    assert max(expected) == pytest.approx(s.max_lr, rel=1e-3)
+    # the module gave the schedule the fit's true length: the last step ran at the schedule's final lr
+    assert expected[-1] == pytest.approx(s.max_lr / (s.div_factor * s.final_div_factor), rel=1e-6)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(reference_opt.param_groups[0]["lr"])

@@ -1,0 +1,172 @@
+"""Hydra multiruns end to end on synthetic data: grid, Optuna, joblib, submitit, a failing job, summaries."""
+
+import csv
+import io
+import json
+import math
+
+import pytest
+import yaml
+from conftest import SYNTHETIC_OVERRIDES, run_cli
+
+# one short epoch per job, no callbacks: these tests are about the sweep, not the training
+SHORT = [*SYNTHETIC_OVERRIDES, "trainer.max_epochs=1", "callbacks=none"]
+
+
+def sweep(synthetic_root, sweep_dir, *overrides, timeout=300):
+    return run_cli("mnist_lit.train", "-m", f"data.root={synthetic_root}", *SHORT, *overrides,
+                   f"hydra.sweep.dir={sweep_dir}", timeout=timeout)
+
+
+def metrics(job_dir):
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def hparams_of(tb_dir):
+    """The HPARAMS plugin data TensorBoard reads from a run: hparam values, metric tags, and the scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    data = plugin_data_pb2.HParamsPluginData
+    session = data.FromString(content["_hparams_/session_start_info"]).session_start_info
+    experiment = data.FromString(content["_hparams_/experiment"]).experiment
+    values = {k: v.number_value if v.WhichOneof("kind") == "number_value" else v.string_value
+              for k, v in session.hparams.items()}
+    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    scalars = {tag: acc.Scalars(tag)[-1].value for tag in metric_tags if tag in acc.Tags()["scalars"]}
+    return values, metric_tags, scalars
+
+
+def test_grid_sweep_jobs_tensorboard_and_summary(synthetic_root, tmp_path):
+    # the default callbacks (checkpoints) but the misclassified-digits figure: synthetic tests have none
+    proc = sweep(synthetic_root, tmp_path, "callbacks=default", "~callbacks.test_images",
+                 "model.optimizer.lr=1e-3,3e-3", "data.batch_size=32,64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
+    seen = set()
+    for job in jobs:
+        m = metrics(job)
+        assert m["status"] == "completed" and 0.0 <= m["test_acc"] <= 1.0 and m["best_val_acc"] is not None
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        listed = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+        overrides = dict(o.split("=", 1) for o in listed)
+        # TensorBoard's HPARAMS table: this job's own hyperparameters and final metrics
+        values, tags, scalars = hparams_of(job / "tensorboard")
+        assert values["model/optimizer/lr"] == pytest.approx(float(overrides["model.optimizer.lr"]))
+        assert values["data/batch_size"] == int(overrides["data.batch_size"])
+        assert {"val/acc_best", "test/acc", "val/loss", "test/loss"} <= tags
+        assert scalars["val/acc_best"] == pytest.approx(m["best_val_acc"])
+        assert scalars["test/acc"] == pytest.approx(m["test_acc"])
+        seen.add((values["model/optimizer/lr"], values["data/batch_size"]))
+    assert len(seen) == 4
+
+    proc = run_cli("mnist_lit.summarize", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split(" | ")[1:3] == ["model.optimizer.lr", "data.batch_size"]
+    assert len(lines) == 2 + 4 and all("completed" in line for line in lines[2:])
+    assert "4 completed" in proc.stderr
+    assert (tmp_path / "summary.png").stat().st_size > 1000
+
+
+def test_optuna_search_reports_best_parameters(synthetic_root, tmp_path):
+    proc = sweep(synthetic_root, tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Best parameters" in proc.stdout + proc.stderr
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {
+        "model.optimizer.lr", "data.batch_size", "model.net.hidden_sizes.0", "model.net.dropout"}
+    trials = [metrics(tmp_path / str(i)) for i in range(3)]
+    assert all(m["status"] == "completed" for m in trials)
+    assert not (tmp_path / "3").exists()
+    # the study maximised what train returned: each trial's best validation accuracy
+    assert results["best_value"] == pytest.approx(max(m["best_val_acc"] for m in trials))
+
+
+def test_joblib_sweep_runs_jobs_in_parallel_without_oversubscription(synthetic_root, tmp_path):
+    import joblib
+
+    proc = sweep(synthetic_root, tmp_path, "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    threads = max(1, joblib.cpu_count() // 2)  # joblib limits each worker's thread pools to cores / n_jobs
+    for i in (0, 1):
+        m = metrics(tmp_path / str(i))
+        assert m["status"] == "completed" and m["seed"] == i + 1
+        assert f", {threads} threads)" in m["device"]
+
+
+def test_submitit_local_sweep(synthetic_root, tmp_path):
+    proc = sweep(synthetic_root, tmp_path, "seed=1,2", "hydra/launcher=submitit_local",
+                 "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for i in (0, 1):
+        m = metrics(tmp_path / str(i))
+        assert m["status"] == "completed" and m["seed"] == i + 1
+        assert ", 1 threads)" in m["device"]  # threads follows the launcher's cpus_per_task
+    assert list((tmp_path / ".submitit").glob("*/*_result.pkl"))
+
+
+def test_failing_job_is_recorded_and_the_others_finish(synthetic_root, tmp_path):
+    # job 0 fails on a bad value; job 1 still runs; the sweep reports the failure at the end
+    proc = sweep(synthetic_root, tmp_path, "data.batch_size=-1,32")
+    assert proc.returncode == 1
+    assert "job 0 failed" in proc.stderr and "data.batch_size=-1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    failed, done = metrics(tmp_path / "0"), metrics(tmp_path / "1")
+    assert failed["status"] == "failed" and "data.batch_size=-1" in failed["error"]
+    assert done["status"] == "completed" and 0.0 <= done["test_acc"] <= 1.0
+
+    proc = run_cli("mnist_lit.summarize", str(tmp_path), "--csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [(r["job"], r["data.batch_size"], r["status"]) for r in rows] == [
+        ("0", "-1", "failed"), ("1", "32", "completed")]
+    assert rows[0]["val/acc_best"] == "" and "positive" in rows[0]["error"]
+    assert float(rows[1]["test/acc"]) == pytest.approx(done["test_acc"], abs=1e-4)
+
+
+def fake_job(sweep_dir, num, overrides, result):
+    job = sweep_dir / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if result is not None:
+        (job / "metrics.json").write_text(json.dumps(result))
+
+
+def test_summary_of_seeds_failures_and_unfinished_jobs(tmp_path, capsys):
+    from mnist_lit.summarize import main
+
+    def done(val, test):
+        return {"status": "completed", "best_val_acc": val, "test_acc": test, "fit_seconds": 3.0,
+                "metrics": {"val/acc_best": val, "test/acc": test}}
+
+    fake_job(tmp_path, 0, ["lr=0.1", "seed=1", "data.root=x"], done(0.90, 0.80))
+    fake_job(tmp_path, 1, ["lr=0.1", "seed=2", "data.root=x"], done(0.94, 0.84))
+    fake_job(tmp_path, 2, ["lr=0.01", "seed=1", "data.root=x"], done(0.97, 0.96))
+    fake_job(tmp_path, 3, ["lr=0.01", "seed=2", "data.root=x"], {"status": "failed", "error": "boom | bang"})
+    fake_job(tmp_path, 10, ["lr=0.01", "seed=3", "data.root=x"], None)
+    main([str(tmp_path)])
+    out, err = capsys.readouterr()
+    tables = out.strip().split("\n\n")
+    assert len(tables) == 2
+    jobs = tables[0].splitlines()
+    assert jobs[0] == "| job | lr | seed | val/acc_best | test/acc | fit s | status | error |"
+    assert [line.split(" | ")[0] for line in jobs[2:]] == ["| 0", "| 1", "| 2", "| 3", "| 10"]
+    assert "| failed | boom \\| bang |" in jobs[5] and "| unfinished |" in jobs[6]
+    by_config = tables[1].splitlines()
+    assert by_config[0] == "| lr | seeds | val/acc_best (mean ± std) | test/acc (mean ± std) |"
+    std = math.sqrt(((0.90 - 0.92) ** 2 + (0.94 - 0.92) ** 2) / 1)
+    assert f"| 0.1 | 2 | 0.9200 ± {std:.4f} | 0.8200 ± {std:.4f} |" in by_config
+    assert "| 0.01 | 1 | 0.9700 ± 0.0000 | 0.9600 ± 0.0000 |" in by_config
+    assert "3 completed, 1 failed, 1 unfinished" in err and "shared overrides: data.root=x" in err
+    assert (tmp_path / "summary.png").stat().st_size > 1000
+
+
+def test_summary_of_a_folder_without_jobs(tmp_path):
+    proc = run_cli("mnist_lit.summarize", str(tmp_path))
+    assert proc.returncode == 1 and "no jobs in" in proc.stderr and "Traceback" not in proc.stderr
