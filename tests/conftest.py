@@ -129,3 +129,12 @@ def compose(config: str, *overrides: str):
 
     with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
         return hydra_compose(config_name=config, overrides=list(overrides))
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: small tensors gain nothing from more, and lose much to waiting on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,8 +6,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose
 from hydra.utils import instantiate
 
 import mnist_lit.schema  # noqa: F401 (registers train_schema, which conf/train.yaml composes)
@@ -23,19 +22,7 @@ FULL = {"degrees": 10.0, "translate": 2.0, "scale": 0.1, "shear": 10.0, "elastic
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # these small tensors gain nothing from more threads, and lose much to waiting on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def compose_train(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bars(n: int, height: int = 3, width: int = 13) -> torch.Tensor:
@@ -177,20 +164,20 @@ def test_applied_to_training_batches_only(synthetic_root, tmp_path):
 
 @pytest.mark.parametrize("option", AUGMENTS)
 def test_augment_options_compose_and_instantiate(option):
-    cfg = compose_train([f"model/augment={option}"])
+    cfg = compose("train", f"model/augment={option}")
     augment = instantiate(cfg.model).augment
     assert isinstance(augment, RandomAffine) and augment.translate > 0
     # `model.augment=null` still turns it off
-    assert instantiate(compose_train([f"model/augment={option}", "model.augment=null"]).model).augment is None
+    assert instantiate(compose("train", f"model/augment={option}", "model.augment=null").model).augment is None
 
 
 def test_default_and_tutorial_do_not_augment():
-    assert instantiate(compose_train([]).model).augment is None
-    assert instantiate(compose_train(["experiment=keras_tutorial"]).model).augment is None
+    assert instantiate(compose("train").model).augment is None
+    assert instantiate(compose("train", "experiment=keras_tutorial").model).augment is None
 
 
 def test_mlp128_best_keeps_the_tutorial_network():
-    model = instantiate(compose_train(["experiment=mlp128_best"]).model)
+    model = instantiate(compose("train", "experiment=mlp128_best").model)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 101_770
     assert [type(m).__name__ for m in model.net] == ["Linear", "ReLU", "Linear"]
     assert model.net[0].in_features == 784 and model.net[0].out_features == 128

@@ -21,7 +21,6 @@ def compose_train(overrides):
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes_and_instantiates(group, option, tmp_path):
     from hydra.core.hydra_config import HydraConfig
-
     from omegaconf import open_dict
 
     cfg = compose_train([f"{group}={option}", f"hydra.run.dir={tmp_path}"])

@@ -19,6 +19,7 @@ from PIL import Image
 
 from mnist_lit.errors import UserError
 
+
 def assert_png(path: Path, min_size: int = 400) -> None:
     with Image.open(path) as image:
         assert image.format == "PNG" and min(image.size) >= min_size, (path, image.size)

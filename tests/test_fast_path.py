@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from conftest import SYNTHETIC_OVERRIDES, run_cli
+
 from mnist_lit.data import MNISTDataModule
 from mnist_lit.errors import UserError
 from mnist_lit.model import MLP

@@ -10,12 +10,10 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import compose, run_cli
 from PIL import Image, ImageDraw, ImageFilter
-from conftest import compose
 
 from mnist_lit.errors import UserError
-
 
 # --- images of digits as people make them ------------------------------------------------------------------
 

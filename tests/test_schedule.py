@@ -6,8 +6,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import compose
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
@@ -19,19 +18,7 @@ SCHEDULERS = sorted(p.stem for p in (CONF / "model" / "scheduler").glob("*.yaml"
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # these small tensors gain nothing from more threads, and lose much to waiting on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def compose_train(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=overrides)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logged_lrs(csv_path: Path, column: str) -> list[float]:
@@ -41,13 +28,13 @@ def logged_lrs(csv_path: Path, column: str) -> list[float]:
 
 @pytest.mark.parametrize("option", SCHEDULERS)
 def test_scheduler_options_compose(option):
-    cfg = compose_train([f"model/scheduler={option}"])
+    cfg = compose("train", f"model/scheduler={option}")
     assert cfg.model.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR"
     assert cfg.model.scheduler.total_steps is None  # filled in by the module from the fit's length
     # `model.scheduler=null` still turns a chosen schedule off, and the default has none
-    off = compose_train([f"model/scheduler={option}", "model.scheduler=null"])
+    off = compose("train", f"model/scheduler={option}", "model.scheduler=null")
     assert instantiate(off.model).scheduler_factory is None
-    assert instantiate(compose_train([]).model).scheduler_factory is None
+    assert instantiate(compose("train").model).scheduler_factory is None
 
 
 @pytest.mark.parametrize(("overrides", "limit_groups"), [
@@ -56,7 +43,7 @@ def test_scheduler_options_compose(option):
     (["experiment=mlp128_best"], None),
 ])
 def test_logged_lr_follows_the_schedule_over_the_whole_fit(overrides, limit_groups, synthetic_root, tmp_path):
-    cfg = compose_train(overrides)
+    cfg = compose("train", *overrides)
     model = instantiate(cfg.model)
     # 500 training examples / 25 = 20 optimizer steps per epoch, in 4 training batches of 5 steps
     data = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=25, split_seed=0,
