@@ -182,6 +182,10 @@ class StepGroups:
     def __len__(self) -> int:
         return -(-len(self.batches) // self.size)
 
+    def steps(self, groups: int) -> int:
+        """Optimizer steps (minibatches) in the first `groups` groups of an epoch."""
+        return min(groups * self.size, len(self.batches))
+
     def __iter__(self):
         skip, self.skip = self.skip, 0
         group = []

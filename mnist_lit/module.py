@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import itertools
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -153,8 +152,7 @@ class MNISTClassifier(pl.LightningModule):
         if trainer.max_epochs is None or trainer.max_epochs < 0:
             raise UserError("model.scheduler needs the fit's length: set trainer.max_epochs (e.g. 30).")
         _ = trainer.estimated_stepping_batches  # sets up the training data and num_training_batches
-        groups = itertools.islice(trainer.train_dataloader, trainer.num_training_batches)
-        return sum(len(group) for group in groups) * trainer.max_epochs
+        return trainer.train_dataloader.steps(trainer.num_training_batches) * trainer.max_epochs
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
