@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_lit.errors import UserError
+from mnist_lit.graphed_step import GraphedStep
 
 
 def _metrics(num_classes: int) -> tuple[MeanMetric, MulticlassAccuracy]:
@@ -55,37 +56,52 @@ class MNISTClassifier(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
+        scheduler = self.lr_schedulers()
+        outputs = []
+        for x, y in batch:
+            outputs.append(self.step(x, y))
+            self.count_optimizer_step()
+            if scheduler is not None:
+                scheduler.step()
+        if not self.graphed:
+            # one accumulation for the whole group of steps: 8 kernels instead of 8 per step
+            self.accumulate(outputs, [y for _, y in batch])
+        self.train_count += sum(len(y) for _, y in batch)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on one minibatch; returns its (detached) logits. Device work only."""
         # Plain backward() and optimizer.step(): Lightning's manual_backward/LightningOptimizer.step add
         # four hook dispatches per step, a tenth of a step's time for this MLP on a CPU. In exchange:
         # no loss scaling (16-mixed is refused in setup) and no per-step backward/optimizer hooks
         # (under DDP the backward goes through Lightning, which syncs the gradients).
-        optimizer, scheduler = self.optimizers().optimizer, self.lr_schedulers()
-        for x, y in batch:
-            if self.augment is not None:
-                x = self.augment(x)
-            loss, correct = self.loss_and_correct(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            if self.trainer.world_size > 1:
-                # DDP all-reduces the gradients only in a backward whose reducer Lightning prepared
-                self.manual_backward(loss)
-            else:
-                loss.backward()
-            self.optimizer_step_fn(optimizer)
-            if scheduler is not None:
-                scheduler.step()
-            self.train_sums[0].add_(loss.detach(), alpha=len(y))
-            self.train_sums[1].add_(correct)
-            self.train_count += len(y)
+        if self.augment is not None:
+            x = self.augment(x)
+        logits, loss = self.forward_and_loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.distributed:
+            # DDP all-reduces the gradients only in a backward whose reducer Lightning prepared
+            self.manual_backward(loss)
+        else:
+            loss.backward()
+        self.optimizer.step()
+        return logits.detach()
 
-    def loss_and_correct(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_and_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-        return loss, (logits.argmax(1) == y).sum()
+        return logits, F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
-    def optimizer_step_fn(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
+    def accumulate(self, logits: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
+        """Adds the steps' summed loss (as trained, label smoothing included) and correct count to train_sums."""
+        logits, y = torch.cat(logits), torch.cat(ys)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.label_smoothing)
+        self.train_sums += torch.stack([loss_sum, (logits.argmax(1) == y).sum()])
+
+    def graphed_train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.accumulate([self.train_step(x, y)], [y])  # inside the graph, per-step kernels cost no launches
+
+    def count_optimizer_step(self) -> None:
         # Lightning counts a manual-optimization step (global_step, checkpoint names) when its own
-        # LightningOptimizer.step runs; the plain step above is counted here the same way
+        # LightningOptimizer.step runs; the plain step in train_step is counted here the same way
         progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
         progress.increment_ready()
         progress.increment_completed()
@@ -96,11 +112,38 @@ class MNISTClassifier(pl.LightningModule):
                 f"trainer.precision={self.trainer.precision} needs loss scaling, which mnist-lit's training step "
                 "does not do; use trainer.precision=bf16-mixed (or 32)."
             )
-        if self.compile and stage == "fit":
-            # forward + loss (and through AOTAutograd the backward) in one compiled graph; on a GPU,
-            # reduce-overhead replays it as a CUDA graph, so a step costs a few launches
-            mode = "reduce-overhead" if self.trainer.strategy.root_device.type == "cuda" else "default"
-            self.loss_and_correct = torch.compile(self.loss_and_correct, mode=mode, dynamic=False)
+        if self.compile and stage == "fit" and self.trainer.strategy.root_device.type != "cuda":
+            # forward + loss (and through AOTAutograd the backward) in one compiled graph
+            self.forward_and_loss = torch.compile(self.forward_and_loss, dynamic=False)
+
+    def on_train_start(self) -> None:
+        # after configure_optimizers and a resumed run's optimizer state
+        self.optimizer = self.optimizers().optimizer
+        self.distributed = self.trainer.world_size > 1
+        self.graphed = self.compile and self.device.type == "cuda"
+        self.step = GraphedStep(self.graphed_train_step) if self.graphed else self.train_step
+        if self.graphed:
+            self._make_optimizer_capturable(self.optimizer, schedule=self.lr_schedulers() is not None)
+
+    def _make_optimizer_capturable(self, optimizer: torch.optim.Optimizer, schedule: bool) -> None:
+        if self.distributed or "32" not in str(self.trainer.precision):
+            raise UserError(
+                f"model.compile=true on a GPU replays the whole training step as a CUDA graph, which mnist-lit "
+                f"does in 32-bit precision on one device; this run has trainer.precision={self.trainer.precision} "
+                f"on {self.trainer.world_size} device(s). Use trainer.precision=32 and one device, or model.compile=false."
+            )
+        for group in optimizer.param_groups:
+            if "capturable" in group:  # optimizers with a step counter (Adam, AdamW) keep it on the device
+                group["capturable"] = True
+            if schedule:
+                if "capturable" not in group:
+                    raise UserError(
+                        f"model.compile=true on a GPU with a learning-rate schedule needs an optimizer that takes "
+                        f"its learning rate as a device tensor (Adam, AdamW); {type(optimizer).__name__} does not. "
+                        "Use torch.optim.Adam(W), model.scheduler=null, or model.compile=false."
+                    )
+                # a graph replays the learning rate it captured: a schedule must change it in place
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
 
     def _eval_step(self, batch, loss_metric: MeanMetric, acc_metric: MulticlassAccuracy) -> None:
         x, y = batch

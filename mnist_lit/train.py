@@ -311,6 +311,23 @@ def expand_argv() -> None:
     sys.argv[1:] = expand_resume(sys.argv[1:])
 
 
+def exit_without_teardown() -> None:
+    """Exit 0 once everything is written, skipping the interpreter's teardown of its modules.
+
+    With torch, Lightning, torchvision, scipy and matplotlib loaded (some 3,800 modules) that teardown takes
+    1.5-3 s on a 2-core CPU, a tenth of a 10-epoch run, and does nothing for the user: checkpoints,
+    metrics.json and TensorBoard files are closed by now (Lightning finalizes its loggers after fit and test).
+    The exit handlers still run (logging's flush and close, joblib's and multiprocessing's clean-up).
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     expand_argv()
-    main()
+    main()  # errors leave through SystemExit with their own code, and tear down as usual
+    exit_without_teardown()

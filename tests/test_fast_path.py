@@ -10,16 +10,18 @@ from conftest import SYNTHETIC_OVERRIDES, run_cli
 
 from mnist_lit.data import MNISTDataModule
 from mnist_lit.errors import UserError
+from mnist_lit.graphed_step import GraphedStep
 from mnist_lit.model import MLP
 from mnist_lit.module import MNISTClassifier
 
 
-def fit(root, *, compile=False, fused=True, steps_per_execution=4, batches=3, precision="32-true"):
+def fit(root, *, compile=False, fused=True, steps_per_execution=4, batches=3, precision="32-true",
+        accelerator="cpu", epochs=1, scheduler=None):
     pl.seed_everything(0, verbose=False)
     dm = MNISTDataModule(str(root), download=False, val_size=100, steps_per_execution=steps_per_execution)
-    model = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3, fused=fused), compile=compile)
+    model = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3, fused=fused), scheduler, compile=compile)
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        max_epochs=epochs, accelerator=accelerator, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=batches, precision=precision,
     )
     trainer.fit(model, dm)
@@ -70,3 +72,19 @@ def test_gpu_training_runs(synthetic_root, tmp_path, compile):
                    *[o for o in SYNTHETIC_OVERRIDES if not o.startswith("trainer=")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "cuda" in (tmp_path / "metrics.json").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_step_matches_eager_on_gpu(synthetic_root):
+    # 2 epochs of 16 steps (15 of batch 32, one of 20): warmup, capture, replays, the short batch run eagerly,
+    # and a one-cycle schedule that changes the learning rate between replays
+    schedule = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=3e-3, total_steps=32, cycle_momentum=False)
+    run = partial(fit, synthetic_root, batches=None, accelerator="gpu", epochs=2, scheduler=schedule)
+    eager, t_eager = run(compile=False)
+    graphed, t_graphed = run(compile=True)
+    assert isinstance(graphed.step, GraphedStep) and graphed.step.graph is not None and graphed.step.calls == 32
+    assert t_graphed.global_step == t_eager.global_step == 32
+    torch.testing.assert_close(params(graphed), params(eager), atol=1e-5, rtol=1e-4)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        torch.testing.assert_close(t_graphed.callback_metrics[key], t_eager.callback_metrics[key], atol=1e-5, rtol=0)

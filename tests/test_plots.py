@@ -79,3 +79,17 @@ def test_training_writes_curves_and_test_images(synthetic_run):
     logged = {name: [s.value for s in events.Scalars(name)] for name in ("train/loss", "val/acc")}
     assert np.allclose([h["train/loss"] for h in history], logged["train/loss"][: epoch + 1])
     assert np.allclose([h["val/acc"] for h in history], logged["val/acc"][: epoch + 1])
+
+
+def test_confusion_matrix_image_shades_cells_by_count():
+    confusion = torch.diag(torch.full((10,), 900))
+    confusion[4, 9] = 7
+    image = plots.confusion_matrix_image(confusion, "Confusion matrix", cell=40)
+    assert image.dtype == np.uint8 and image.shape == (60 + 400 + 40, 40 + 400 + 20, 3)
+
+    def corner(i, j):  # a cell's top-left pixel, away from its number
+        return image[60 + 40 * i + 2, 40 + 40 * j + 2].astype(int)
+
+    diagonal, rare, empty = corner(2, 2), corner(4, 9), corner(0, 1)
+    assert diagonal.sum() < rare.sum() < empty.sum()  # darker blue for larger counts, on a log scale
+    assert (empty >= 240).all()  # a zero count is (almost) white
