@@ -118,10 +118,15 @@ class TensorBatches:
     world_size-th example of the permutation, so the processes see disjoint, equally long shards.
     """
 
-    def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 gather_epoch: bool | None = None):
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
+        # On a GPU an epoch's examples are gathered in shuffled order once, and each batch is a view of that
+        # copy: two kernel launches fewer per step. On a CPU the copy would cost more host memory (150 MB)
+        # than the per-batch gathers cost time.
+        self.gather_epoch = x.is_cuda if gather_epoch is None else gather_epoch
         self.epoch = 0
         # Lightning calls set_epoch on a loader's `sampler` at the start of every epoch.
         self.sampler, self.batch_sampler = self, None
@@ -143,6 +148,11 @@ class TensorBatches:
             gen = torch.Generator(device=self.x.device).manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=gen, device=self.x.device)
             order = order[self.rank : self._num_items() * self.world_size : self.world_size]
+            if self.gather_epoch:
+                x, y = self.x[order], self.y[order]
+                for i in range(0, len(order), self.batch_size):
+                    yield x[i : i + self.batch_size], y[i : i + self.batch_size]
+                return
             for i in range(0, len(order), self.batch_size):
                 idx = order[i : i + self.batch_size]
                 yield self.x[idx], self.y[idx]

@@ -57,6 +57,17 @@ def test_train_batches_cover_epoch_and_reshuffle():
     assert not torch.equal(epoch0, torch.cat([b[1] for b in batches]))
 
 
+def test_epoch_gather_yields_the_same_batches_as_per_batch_gathers():
+    # the GPU's way (one shuffled copy per epoch, batches are views of it) against the CPU's
+    x, y = torch.randn(101, 3), torch.arange(101)
+    for rank, world in ((0, 1), (1, 2)):
+        per_batch = list(TensorBatches(x, y, 16, True, seed=5, rank=rank, world_size=world, gather_epoch=False))
+        epoch = TensorBatches(x, y, 16, True, seed=5, rank=rank, world_size=world, gather_epoch=True)
+        assert len(list(epoch)) == len(per_batch) == len(epoch)
+        for (xa, ya), (xb, yb) in zip(per_batch, epoch, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_ddp_shards_are_disjoint_and_equal():
     x, y = torch.arange(101.0).unsqueeze(1), torch.arange(101)
     shards = [torch.cat([b[1] for b in TensorBatches(x, y, 8, True, seed=3, rank=r, world_size=2)]) for r in (0, 1)]

@@ -88,3 +88,20 @@ def test_cuda_graph_step_matches_eager_on_gpu(synthetic_root):
     torch.testing.assert_close(params(graphed), params(eager), atol=1e-5, rtol=1e-4)
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
         torch.testing.assert_close(t_graphed.callback_metrics[key], t_eager.callback_metrics[key], atol=1e-5, rtol=0)
+
+
+def test_graphed_step_prepares_the_optimizer_or_refuses(monkeypatch):
+    # what on_train_start does on a GPU before the capture, staged on the CPU
+    trainer = SimpleNamespace(precision="32-true", world_size=1)
+    monkeypatch.setattr(MNISTClassifier, "trainer", property(lambda self: trainer))
+    model = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3))
+    model.distributed = False
+    adam = torch.optim.Adam(model.parameters(), lr=2e-3, fused=True)
+    model._make_optimizer_capturable(adam, schedule=True)
+    group = adam.param_groups[0]
+    assert group["capturable"] is True and torch.is_tensor(group["lr"]) and group["lr"].item() == pytest.approx(2e-3)
+    with pytest.raises(UserError, match="Adam"):  # SGD's learning rate cannot be a device tensor
+        model._make_optimizer_capturable(torch.optim.SGD(model.parameters(), lr=0.1), schedule=True)
+    trainer.precision = "bf16-mixed"
+    with pytest.raises(UserError, match="trainer.precision=32"):
+        model._make_optimizer_capturable(torch.optim.Adam(model.parameters()), schedule=False)
