@@ -19,7 +19,7 @@ export MNIST_ROOT=/tmp/mnist PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/env.txt"
 python3 -c "import torch, lightning, hydra, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'lightning', lightning.__version__, 'hydra', hydra.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/env.txt"
 
-python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_fast_path.py 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+python3 -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
 python3 scripts/benchmark.py --device cuda --reps "$REPS" --json "$OUT/eager.json" 2>&1 | tee "$OUT/eager.txt"
 python3 scripts/benchmark.py --device cuda --reps "$REPS" --json "$OUT/compile.json" -- model.compile=true 2>&1 | tee "$OUT/compile.txt"
 python3 -m mnist_lit.train experiment=fast_gpu trainer=gpu data.root=/tmp/mnist hydra.run.dir=/tmp/fast_gpu 2>&1 | tail -4
