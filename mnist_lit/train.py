@@ -96,6 +96,17 @@ def build(node: DictConfig, key: str, **kwargs):
                         f"(python -m mnist_lit.train --cfg job shows them).") from err
 
 
+def check_accelerator(accelerator: str) -> None:
+    """Refuse a GPU run on a machine without one, saying what to use instead (Lightning's own message doesn't)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise UserError(
+            f"trainer.accelerator={accelerator} asks for a GPU, and torch {torch.__version__} finds none on this "
+            "machine. Train on the CPU with trainer=cpu, or use trainer=default, which takes the GPU when there is one."
+        )
+
+
 def check_optimizer(model) -> None:
     """Build the optimizer (and schedule) once, so that a bad argument fails now, not after loading."""
     try:
@@ -189,6 +200,7 @@ def _train(cfg: DictConfig, stop) -> dict:
         torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
     datamodule = build(cfg.data, "data")
     datamodule.prepare_data()  # missing or broken data fails here, before any other work
     model = build(cfg.model, "model")

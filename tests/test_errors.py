@@ -70,6 +70,14 @@ def test_config_mistake(overrides, expected, synthetic_root, tmp_path, capfd):
     assert not (tmp_path / "checkpoints").exists()  # refused before any work
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_asked_for_on_a_machine_without_one(synthetic_root, tmp_path, capfd):
+    code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}", *SYNTHETIC_OVERRIDES,
+                       "trainer.accelerator=gpu")
+    assert code == 1 and "Traceback" not in output
+    assert "trainer.accelerator=gpu asks for a GPU" in output and "trainer=cpu" in output
+
+
 def corrupt(root, name: str, how: str) -> None:
     path = root.joinpath(*RAW, name)
     if how == "missing":
