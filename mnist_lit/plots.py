@@ -26,16 +26,6 @@ def save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def to_image(fig: Figure) -> np.ndarray:
-    """The figure rendered as a uint8 (H, W, 3) array, for TensorBoard."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    fig.set_dpi(DPI)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
 def learning_curves_figure(history: Sequence[dict]) -> Figure:
     """Train/val loss and train/val accuracy per epoch (the tutorial's two plots), side by side.
 
