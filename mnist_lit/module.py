@@ -112,9 +112,18 @@ class MNISTClassifier(pl.LightningModule):
                 f"trainer.precision={self.trainer.precision} needs loss scaling, which mnist-lit's training step "
                 "does not do; use trainer.precision=bf16-mixed (or 32)."
             )
-        if self.compile and stage == "fit" and self.trainer.strategy.root_device.type != "cuda":
+        if not (self.compile and stage == "fit"):
+            return
+        if self.trainer.strategy.root_device.type != "cuda":
             # forward + loss (and through AOTAutograd the backward) in one compiled graph
             self.forward_and_loss = torch.compile(self.forward_and_loss, dynamic=False)
+        elif self.trainer.world_size > 1 or "32" not in str(self.trainer.precision):
+            raise UserError(
+                f"model.compile=true on a GPU replays the whole training step as a CUDA graph, which mnist-lit "
+                f"does in 32-bit precision on one device; this run has trainer.precision={self.trainer.precision} "
+                f"on {self.trainer.world_size} device(s). Use trainer.precision=32 and one device, "
+                "or model.compile=false."
+            )
 
     def on_train_start(self) -> None:
         # after configure_optimizers and a resumed run's optimizer state
@@ -126,12 +135,6 @@ class MNISTClassifier(pl.LightningModule):
             self._make_optimizer_capturable(self.optimizer, schedule=self.lr_schedulers() is not None)
 
     def _make_optimizer_capturable(self, optimizer: torch.optim.Optimizer, schedule: bool) -> None:
-        if self.distributed or "32" not in str(self.trainer.precision):
-            raise UserError(
-                f"model.compile=true on a GPU replays the whole training step as a CUDA graph, which mnist-lit "
-                f"does in 32-bit precision on one device; this run has trainer.precision={self.trainer.precision} "
-                f"on {self.trainer.world_size} device(s). Use trainer.precision=32 and one device, or model.compile=false."
-            )
         for group in optimizer.param_groups:
             if "capturable" in group:  # optimizers with a step counter (Adam, AdamW) keep it on the device
                 group["capturable"] = True

@@ -91,11 +91,12 @@ def test_cuda_graph_step_matches_eager_on_gpu(synthetic_root):
 
 
 def test_graphed_step_prepares_the_optimizer_or_refuses(monkeypatch):
-    # what on_train_start does on a GPU before the capture, staged on the CPU
-    trainer = SimpleNamespace(precision="32-true", world_size=1)
+    # what setup and on_train_start do on a GPU before the capture, staged on the CPU
+    gpu = SimpleNamespace(root_device=torch.device("cuda"))
+    trainer = SimpleNamespace(precision="32-true", world_size=1, strategy=gpu)
     monkeypatch.setattr(MNISTClassifier, "trainer", property(lambda self: trainer))
-    model = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3))
-    model.distributed = False
+    model = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3), compile=True)
+    model.setup("fit")
     adam = torch.optim.Adam(model.parameters(), lr=2e-3, fused=True)
     model._make_optimizer_capturable(adam, schedule=True)
     group = adam.param_groups[0]
@@ -104,4 +105,7 @@ def test_graphed_step_prepares_the_optimizer_or_refuses(monkeypatch):
         model._make_optimizer_capturable(torch.optim.SGD(model.parameters(), lr=0.1), schedule=True)
     trainer.precision = "bf16-mixed"
     with pytest.raises(UserError, match="trainer.precision=32"):
-        model._make_optimizer_capturable(torch.optim.Adam(model.parameters()), schedule=False)
+        model.setup("fit")
+    trainer.precision, trainer.world_size = "32-true", 2
+    with pytest.raises(UserError, match="one device"):
+        model.setup("fit")
