@@ -311,6 +311,9 @@ def _train(cfg: DictConfig, stop) -> dict:
     return metrics
 
 
+SINGLE_RUN_DONE = False  # set by a completed run without -m: nothing else of this process is left to finish
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @report_user_errors
 @keep_sweeping
@@ -319,9 +322,6 @@ def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     SINGLE_RUN_DONE = HydraConfig.get().mode == RunMode.RUN
     return metrics["metrics"].get(cfg.get("optimized_metric"))
-
-
-SINGLE_RUN_DONE = False  # set by a completed run without -m: nothing else of this process is left to finish
 
 
 @report_user_errors
