@@ -45,9 +45,21 @@ class NetConfig:
 
 
 @dataclass
+class CNNConfig:
+    _target_: str = MISSING
+    input_size: int = MISSING
+    channels: List[int] = MISSING  # noqa: UP006
+    kernel_size: int = MISSING
+    hidden_size: int = MISSING
+    num_classes: int = MISSING
+    dropout: float = MISSING
+
+
+@dataclass
 class ModelConfig:
     _target_: str = MISSING
-    net: NetConfig = MISSING
+    # typed by the chosen option's own schema (conf/model/net/<option>.yaml heads its defaults with it)
+    net: Any = MISSING
     # any torch optimizer / scheduler / augmentation, each with its own keys
     optimizer: Dict[str, Any] = MISSING  # noqa: UP006
     # Any, not Optional[Dict]: OmegaConf 2.3 fails on `model.scheduler={...}` over a typed null
@@ -75,6 +87,8 @@ class TrainConfig:
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+ConfigStore.instance().store(group="model/net", name="mlp_schema", node=NetConfig)
+ConfigStore.instance().store(group="model/net", name="cnn_schema", node=CNNConfig)
 
 
 def _positive_number(value: Any) -> bool:
