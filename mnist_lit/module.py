@@ -88,7 +88,11 @@ class MNISTClassifier(pl.LightningModule):
 
     def forward_and_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.net(x)
-        return logits, F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        return logits, self.training_loss(logits, y, x)
+
+    # [cnn hook] the training loss, for subclasses (mnist_lit/distill.py) to override; `x` is the (augmented) batch
+    def training_loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def accumulate(self, logits: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
         """Adds the steps' summed loss (as trained, label smoothing included) and correct count to train_sums."""

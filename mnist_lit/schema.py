@@ -11,7 +11,7 @@ A key added to a YAML file must be added here too.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Dict, List  # noqa: UP035 (OmegaConf reads these annotations)
 
 from hydra.core.config_store import ConfigStore
@@ -71,6 +71,13 @@ class ModelConfig:
 
 
 @dataclass
+class DistillModelConfig(ModelConfig):
+    teacher: str = MISSING
+    temperature: float = MISSING
+    distill_weight: float = MISSING
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -89,6 +96,7 @@ class TrainConfig:
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 ConfigStore.instance().store(group="model/net", name="mlp_schema", node=NetConfig)
 ConfigStore.instance().store(group="model/net", name="cnn_schema", node=CNNConfig)
+ConfigStore.instance().store(group="model", name="distill_schema", node=DistillModelConfig)
 
 
 def _positive_number(value: Any) -> bool:
@@ -98,8 +106,13 @@ def _positive_number(value: Any) -> bool:
 
 def validate(cfg: DictConfig) -> None:
     """Raise a UserError naming the key, its value and what is allowed, for values the types let through."""
+    schema = OmegaConf.structured(TrainConfig)
+    for key in ("model", "model.net"):  # [cnn hook] options with their own schema: model=distill, model/net=cnn
+        node = OmegaConf.select(cfg, key)
+        if isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node)):
+            OmegaConf.update(schema, key, OmegaConf.structured(OmegaConf.get_type(node)), merge=False)
     try:  # keys added with `+` bypass Hydra's check; a merge into the schema (as plain dicts) finds them
-        OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg))
+        OmegaConf.merge(schema, OmegaConf.to_container(cfg))
     except OmegaConfBaseException as err:
         raise UserError(
             f"invalid config: {err.full_key}: {str(err).splitlines()[0]}. See every key and its value with "

@@ -138,3 +138,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# a small CNN (model/net=cnn) with batch norm: the teacher of tests/test_distill.py, and tests/test_cnn.py's run
+SYNTHETIC_CNN_RUN = [
+    "trainer.max_epochs=2",
+    "seed=0",
+    "model/net=cnn",
+    "model.net.channels=[4,8]",
+    "model.net.hidden_size=16",
+    "threads=1",
+    *SYNTHETIC_OVERRIDES,
+]
+
+
+@pytest.fixture(scope="session")
+def synthetic_cnn_run(synthetic_root, tmp_path_factory) -> Path:
+    return trained_run(tmp_path_factory, "synthetic_cnn", [f"data.root={synthetic_root}", *SYNTHETIC_CNN_RUN])
