@@ -119,6 +119,9 @@ def validate(cfg: DictConfig) -> None:
             "python -m mnist_lit.train --cfg job."
         ) from None
     problems = []
+    # [cnn hook] a key the config leaves for the command line (model=distill's teacher)
+    missing = [f"model.{key}" for key in cfg.model if OmegaConf.is_missing(cfg.model, key)]
+    problems += [f"{key} has no value: give it on the command line ({key}=...)" for key in missing]
     if not 0 <= cfg.seed < 2**32:
         problems.append(f"seed={cfg.seed}: must be between 0 and {2**32 - 1}")
     if cfg.get("threads") is not None and cfg.threads <= 0:
