@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mnist_lit.schema  # noqa: F401  (registers the config schema `train_schema` in Hydra's ConfigStore)
+from mnist_lit import schema
 
 PROJECT = Path(__file__).resolve().parent.parent
 REAL_ROOT = Path(os.environ.get("MNIST_ROOT", PROJECT.parent / "shared" / "mnist"))
@@ -126,6 +126,7 @@ def compose(config: str, *overrides: str):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+    schema.register()  # conf/train.yaml's defaults list starts with it
 
     with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
         return hydra_compose(config_name=config, overrides=list(overrides))

@@ -9,7 +9,6 @@ import torch
 from conftest import compose
 from hydra.utils import instantiate
 
-import mnist_lit.schema  # noqa: F401 (registers train_schema, which conf/train.yaml composes)
 from mnist_lit.augment import RandomAffine
 from mnist_lit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
 from mnist_lit.errors import UserError

@@ -10,7 +10,6 @@ from conftest import compose
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
-import mnist_lit.schema  # noqa: F401 (registers train_schema, which conf/train.yaml composes)
 from mnist_lit.data import MNISTDataModule
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
