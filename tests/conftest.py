@@ -66,7 +66,7 @@ def real_root() -> Path:
     return REAL_ROOT
 
 
-SYNTHETIC_OVERRIDES = ["data.val_size=100", "data.download=false", "data.steps_per_execution=5", "trainer=cpu"]
+SYNTHETIC_OVERRIDES = ["data.val_size=100", "data.download=false", "steps_per_execution=5", "trainer=cpu"]
 
 
 def run_cli(module: str, *overrides: str, timeout: float = 600, env: dict | None = None):
