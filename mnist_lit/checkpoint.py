@@ -268,3 +268,12 @@ def load_run(run_dir: str | Path | None = None, ckpt_path: str | Path | None = N
     state = ckpt_state if run_dir is None else read_checkpoint(ckpt)
     load_state_into(net, state["state_dict"], prefix="net.", source=f"checkpoint {ckpt}")
     return Run(cfg=cfg, net=net.eval(), checkpoint=ckpt, run_dir=folder)
+
+
+def check_fits(path: str | Path, net: nn.Module) -> None:
+    """Refuse a checkpoint to train on that cannot be read safely or that holds another network."""
+    state = read_checkpoint(path)  # weights-only: pickled code is refused, never run
+    try:
+        load_state_into(net, state["state_dict"], prefix="net.", source=f"ckpt_path={path}")
+    except UserError as err:
+        raise UserError(f"{err} To continue a run with its own config: resume=<its run folder>.") from None
