@@ -1,4 +1,4 @@
-"""Knowledge distillation (Hinton et al. 2015): a student trained on the labels and a trained teacher's outputs."""
+"""Knowledge distillation (Hinton et al. 2015): a student trained on labels and on a teacher run's outputs."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ from mnist_lit.module import MNISTClassifier
 
 
 class DistillationClassifier(MNISTClassifier):
-    """MNISTClassifier whose training loss mixes cross-entropy on the labels with the teacher's softened outputs:
+    """MNISTClassifier whose training loss mixes cross-entropy on the labels with the teacher's soft outputs:
 
-        (1 - distill_weight) * CE(student, y) + distill_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+        (1 - distill_weight) * CE(student, y)
+            + distill_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
-    (T^2 keeps the soft term's gradients on the scale of the hard one's as T changes). The teacher is a trained
-    run's folder, loaded with its own config and best checkpoint through `mnist_lit.checkpoint.load_run`
-    (weights only, nothing unpickled runs). It sees the very batch the student trains on, augmentation included.
+    (T^2 keeps the soft term's gradients on the scale of the hard one's as T changes). The teacher is a
+    trained run's folder, loaded with its own config and best checkpoint through
+    `mnist_lit.checkpoint.load_run` (weights only, nothing unpickled runs). It sees the very batch the student
+    trains on, augmentation included.
 
-    The teacher is kept out of the module tree on purpose: it is not in `parameters()` (so not in the optimizer
-    or the trainable-parameter count), not in the checkpoint's state_dict (which holds the student under `net.`
-    only, so evaluate, predict and export load it as any MLP run), and Lightning's `.train()` at fit start and
-    after every validation never reaches it, so it stays in eval mode (batch norm statistics, no dropout).
-    Validation and test score the student alone.
+    The teacher is kept out of the module tree on purpose: it is not in `parameters()` (so not in the
+    optimizer or the trainable-parameter count), not in the checkpoint's state_dict (which holds the student
+    under `net.` only, so evaluate, predict and export load it as any MLP run), and Lightning's `.train()` at
+    fit start and after every validation never reaches it, so it stays in eval mode (batch norm statistics,
+    no dropout). Validation and test score the student alone.
     """
 
     def __init__(self, *args, teacher: str, temperature: float = 4.0, distill_weight: float = 0.9, **kwargs):

@@ -113,7 +113,8 @@ def _positive_number(value: Any) -> bool:
 def validate(cfg: DictConfig) -> None:
     """Raise a UserError naming the key, its value and what is allowed, for values the types let through."""
     schema = OmegaConf.structured(TrainConfig)
-    for key in ("model", "model.net"):  # [cnn hook] options with their own schema: model=distill, model/net=cnn
+    # [cnn hook] options with a schema of their own: model=distill, model/net=cnn
+    for key in ("model", "model.net"):
         node = OmegaConf.select(cfg, key)
         if isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node)):
             OmegaConf.update(schema, key, OmegaConf.structured(OmegaConf.get_type(node)), merge=False)

@@ -141,7 +141,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# a small CNN (model/net=cnn) with batch norm: the teacher of tests/test_distill.py, and tests/test_cnn.py's run
+# a small CNN (model/net=cnn) with batch norm: tests/test_cnn.py's run and tests/test_distill.py's teacher
 SYNTHETIC_CNN_RUN = [
     "trainer.max_epochs=2",
     "seed=0",

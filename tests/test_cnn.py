@@ -1,4 +1,4 @@
-"""The CNN option (model/net=cnn): built from config, trained, evaluated, predicted and exported like the MLP."""
+"""The CNN option (model/net=cnn): built from config, trained, evaluated, predicted, exported as the MLP."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def test_default_cnn_shape_and_size():
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == 215_418
     assert net(torch.rand(5, 784)).shape == (5, 10)
     convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
-    assert [(m.in_channels, m.out_channels, m.kernel_size) for m in convs] == [(1, 16, (5, 5)), (16, 32, (5, 5))]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(1, 16), (16, 32)]
+    assert all(m.kernel_size == (5, 5) and m.padding == (2, 2) for m in convs)
     assert net[10].in_features == 32 * 7 * 7  # two 2x2 pools: 28 -> 14 -> 7
 
 
@@ -82,7 +83,8 @@ def test_cnn_run_evaluates_predicts_and_exports(synthetic_cnn_run, synthetic_roo
     images, labels = load_mnist(synthetic_root, train=False)
     with torch.inference_mode():
         expected = run.net(to_features(images[:4])).argmax(1)
-    assert [r.digit for r in results] == expected.tolist() and [r.label for r in results] == labels[:4].tolist()
+    assert [r.digit for r in results] == expected.tolist()
+    assert [r.label for r in results] == labels[:4].tolist()
 
     pytest.importorskip("onnxruntime")
     check = export(compose("export", f"run_dir={synthetic_cnn_run}", f"output={tmp_path / 'cnn.onnx'}",

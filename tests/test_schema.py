@@ -10,8 +10,8 @@ from omegaconf import MISSING, OmegaConf
 
 from mnist_lit import schema
 from mnist_lit.data import MNISTDataModule
-from mnist_lit.fast import GroupedSteps
 from mnist_lit.distill import DistillationClassifier
+from mnist_lit.fast import GroupedSteps
 from mnist_lit.model import CNN, MLP
 from mnist_lit.module import MNISTClassifier
 
