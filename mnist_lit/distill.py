@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from mnist_lit.checkpoint import load_run
 from mnist_lit.errors import UserError
 from mnist_lit.module import MNISTClassifier
+
+log = logging.getLogger(__name__)
 
 
 class DistillationClassifier(MNISTClassifier):
@@ -40,10 +44,11 @@ class DistillationClassifier(MNISTClassifier):
         except UserError as err:
             raise UserError(f"model.teacher={teacher}: {err}") from None
         self.teacher_normalize = run.normalize
-        self.teacher_checkpoint = run.checkpoint
         for p in run.net.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "teacher", run.net.eval())  # not a submodule (see the class docstring)
+        log.info("teacher: %s from %s (%d parameters, frozen)", type(run.net).__name__, run.checkpoint,
+                 sum(p.numel() for p in run.net.parameters()))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -58,12 +63,6 @@ class DistillationClassifier(MNISTClassifier):
     def on_fit_start(self) -> None:
         # Lightning has moved the module to its device by now, but not the teacher, which is not part of it
         self.teacher.to(self.device).eval()
-
-    def train(self, mode: bool = True) -> DistillationClassifier:
-        super().train(mode)
-        if hasattr(self, "teacher"):
-            self.teacher.eval()  # whoever calls .train(), the teacher is only ever used for inference
-        return self
 
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # not inference_mode: KL's backward keeps the (constant) teacher outputs

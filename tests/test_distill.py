@@ -128,6 +128,8 @@ def test_student_run_loads_in_predict_and_export(synthetic_cnn_run, synthetic_ro
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["trainable_params"] == 101_770
     assert metrics["test_acc"] > 0.5
+    best = json.loads((synthetic_cnn_run / "metrics.json").read_text())["best_checkpoint"]
+    assert f"teacher: CNN from {best} (" in (run_dir / "train.log").read_text()
 
     run = load_run(run_dir)  # the student alone: an MLP run like any other
     assert isinstance(run.net, MLP) and sum(p.numel() for p in run.net.parameters()) == 101_770
