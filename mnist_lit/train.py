@@ -144,10 +144,9 @@ def expand_resume(args: list[str]) -> list[str]:
     if not found:
         return args
     run_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
-    overrides, last = run_dir / ".hydra" / "overrides.yaml", run_dir / "checkpoints" / "last.ckpt"
-    if not overrides.is_file():
-        raise UserError(f"resume={run_dir}: not a training run folder (no .hydra/overrides.yaml). Pass the "
-                        "folder of the run to continue, e.g. resume=logs/train/runs/<date_time>.")
+    from mnist_lit.checkpoint import read_recorded_overrides  # [sec hook] safe reading of the run folder
+
+    recorded, last = read_recorded_overrides(run_dir), run_dir / "checkpoints" / "last.ckpt"  # [sec hook]
     if not last.is_file():
         raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
                         "first checkpoint, or ran with callbacks=none): start it again instead.")
@@ -160,7 +159,7 @@ def expand_resume(args: list[str]) -> list[str]:
     ours = [f"hydra.run.dir='{run_dir}'", f"ckpt_path='{last}'", f"resume='{run_dir}'"]
     rest = [a for i, a in enumerate(args) if i not in found]
     given = {key(a) for a in ours + rest if "=" in a}
-    kept = [o for o in OmegaConf.load(overrides) if key(o) not in given]
+    kept = [o for o in recorded if key(o) not in given]  # [sec hook]
     return kept + ours + rest
 
 
