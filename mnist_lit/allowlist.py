@@ -56,7 +56,8 @@ WHY = (
     f"{NETWORK_MODULE}) and the optimizers, schedulers, data, callbacks and loggers of its conf/ "
     "(mnist_lit/allowlist.py), because a run folder can come from anyone and building anything else could run "
     "its code. Nothing was built or run. Use a run folder written by mnist_lit.train; if you wrote this "
-    "yourself and trust it, give it on the command line instead"
+    "yourself and trust it, give it on the command line instead (a recorded override: the same key after "
+    "resume=<run> replaces it)"
 )
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 

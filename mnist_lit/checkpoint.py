@@ -24,6 +24,7 @@ import json
 import pickle
 import re
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -243,9 +244,10 @@ def load_config(run_dir: Path) -> DictConfig:
     return cfg
 
 
-def read_recorded_overrides(run_dir: Path) -> list[str]:
-    """The command-line overrides the run recorded (.hydra/overrides.yaml), for `resume=` to repeat; refused
-    when one names a target outside the allowlist, changes Hydra's settings or is no plain override."""
+def read_recorded_overrides(run_dir: Path, replaced: Collection[str] = ()) -> list[str]:
+    """The command-line overrides the run recorded (.hydra/overrides.yaml), for `resume=` to repeat, except
+    those of the keys in `replaced` (given anew by the user, who may trust a target the check would refuse);
+    refused when one names a target outside the allowlist, changes Hydra's settings or is no plain override."""
     path = run_dir / OVERRIDES_FILE
     if not path.is_file():
         raise UserError(f"resume={run_dir}: not a training run folder (no .hydra/overrides.yaml). Pass the "
@@ -259,9 +261,10 @@ def read_recorded_overrides(run_dir: Path) -> list[str]:
     if not isinstance(recorded, list):
         raise UserError(f"the run's recorded overrides {path} are not a list of overrides. Restore the file "
                         "from the original run, or start the run again.")
-    for override in recorded:
+    kept = [o for o in recorded if not (isinstance(o, str) and o.split("=", 1)[0].lstrip("+~") in replaced)]
+    for override in kept:
         check_override(override, str(path))
-    return recorded
+    return kept
 
 
 def build_net(cfg: DictConfig, source: str) -> nn.Module:

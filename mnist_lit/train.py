@@ -144,14 +144,7 @@ def expand_resume(args: list[str]) -> list[str]:
     if not found:
         return args
     run_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
-    from mnist_lit.checkpoint import read_recorded_overrides  # [sec hook] safe reading of the run folder
-
-    recorded, last = read_recorded_overrides(run_dir), run_dir / "checkpoints" / "last.ckpt"  # [sec hook]
-    if not last.is_file():
-        raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
-                        "first checkpoint, or ran with callbacks=none): start it again instead.")
-    if {"-m", "--multirun"} & set(args):
-        raise UserError("resume= continues one run; it cannot be combined with --multirun.")
+    last = run_dir / "checkpoints" / "last.ckpt"
 
     def key(arg: str) -> str:
         return arg.split("=", 1)[0].lstrip("+~")
@@ -159,7 +152,15 @@ def expand_resume(args: list[str]) -> list[str]:
     ours = [f"hydra.run.dir='{run_dir}'", f"ckpt_path='{last}'", f"resume='{run_dir}'"]
     rest = [a for i, a in enumerate(args) if i not in found]
     given = {key(a) for a in ours + rest if "=" in a}
-    kept = [o for o in recorded if key(o) not in given]  # [sec hook]
+    # [sec hook] the run's overrides but those given here; refused if one could run code (checkpoint.py)
+    from mnist_lit.checkpoint import read_recorded_overrides
+
+    kept = read_recorded_overrides(run_dir, replaced=given)  # [sec hook]
+    if not last.is_file():
+        raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
+                        "first checkpoint, or ran with callbacks=none): start it again instead.")
+    if {"-m", "--multirun"} & set(args):
+        raise UserError("resume= continues one run; it cannot be combined with --multirun.")
     return kept + ours + rest
 
 

@@ -363,3 +363,24 @@ def test_networks_are_the_nn_modules_of_mnist_lit_model(monkeypatch):
     CNN.__module__ = "mnist_lit.model"
     monkeypatch.setattr(mnist_lit.model, "CNN", CNN, raising=False)
     assert allowlist.is_network("mnist_lit.model.CNN") and allowlist.is_safe_target("mnist_lit.model.CNN")
+
+
+def test_resume_with_a_trusted_target_given_again(synthetic_run, tmp_path):
+    """A target the user trusts (their own callback) is given again after resume=: the recorded line is then
+    left out, unchecked and unused; one of another key is still refused."""
+    from mnist_lit.train import expand_resume
+
+    run = copy_run(synthetic_run, tmp_path)
+    overrides = run / ".hydra" / "overrides.yaml"
+    edit_yaml(overrides, lambda lines: lines.extend(["+callbacks.pause._target_=test_resume.PauseAt",
+                                                     "+callbacks.pause.epoch=2"]))
+    with pytest.raises(UserError, match=r"callbacks\.pause\._target_ names the target 'test_resume\.PauseAt'"):
+        expand_resume([f"resume={run}"])
+    args = expand_resume([f"resume={run}", "+callbacks.pause._target_=test_resume.PauseAt"])
+    assert args.count("+callbacks.pause._target_=test_resume.PauseAt") == 1 and "+callbacks.pause.epoch=2" in args
+    assert args[-1] == "+callbacks.pause._target_=test_resume.PauseAt"  # the user's own line, last
+
+    edit_yaml(overrides, lambda lines: lines.append("+callbacks.evil={_target_: os.system}"))
+    with pytest.raises(UserError, match=r"callbacks\.evil\._target_ names the target 'os\.system'"):
+        expand_resume([f"resume={run}", "+callbacks.pause._target_=test_resume.PauseAt",
+                       "callbacks.evil._target_=mnist_lit.callbacks.LogSampleDigits"])
