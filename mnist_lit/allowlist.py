@@ -54,12 +54,16 @@ SAFE_HYDRA_KEYS = frozenset({"hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.su
 WHY = (
     "mnist-lit builds from a run folder's files only its own networks (the nn.Module classes of "
     f"{NETWORK_MODULE}) and the optimizers, schedulers, data, callbacks and loggers of its conf/ "
-    "(mnist_lit/allowlist.py), because a run folder can come from anyone and building anything else could run "
-    "its code. Nothing was built or run. Use a run folder written by mnist_lit.train; if you wrote this "
-    "yourself and trust it, give it on the command line instead (a recorded override: the same key after "
-    "resume=<run> replaces it)"
+    "(mnist_lit/allowlist.py), because a run folder can come from anyone and building anything else "
+    "could run its code. Nothing was built or run. Use a run folder written by mnist_lit.train; if you "
+    "wrote this yourself and trust it, give it on the command line instead (a recorded override: the same "
+    "key after resume=<run> replaces it)"
 )
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def refusal(source: str, what: str) -> UserError:
+    return UserError(f"{source}: {what}: refused. {WHY}.")
 
 
 def network_classes() -> dict[str, type]:
@@ -89,10 +93,8 @@ def is_safe_target(target: object) -> bool:
 def check_network(target: object, source: str, key: str) -> None:
     """Refuse a network target (model.net._target_) that is not one of mnist-lit's networks."""
     if not is_network(target):
-        raise UserError(
-            f"{source}: key {key} names the target {target!r}, which is not one of mnist-lit's networks "
-            f"({', '.join(sorted(network_classes()))}): refused. {WHY}."
-        )
+        raise refusal(source, f"key {key} names the target {target!r}, which is not one of mnist-lit's "
+                              f"networks ({', '.join(sorted(network_classes()))})")
 
 
 def check_tree(node: object, source: str, key: str = "") -> None:
@@ -100,8 +102,7 @@ def check_tree(node: object, source: str, key: str = "") -> None:
     outside the allowlist, anywhere, or holds an interpolation that could build one."""
     if isinstance(node, dict):
         if "_target_" in node and not is_safe_target(node["_target_"]):
-            raise UserError(f"{source}: key {_join(key, '_target_')} names the target {node['_target_']!r}: "
-                            f"refused. {WHY}.")
+            raise refusal(source, f"key {_join(key, '_target_')} names the target {node['_target_']!r}")
         for name, value in node.items():
             check_tree(str(name), source, key)  # a key may hold an interpolation too
             check_tree(value, source, _join(key, str(name)))
@@ -111,7 +112,7 @@ def check_tree(node: object, source: str, key: str = "") -> None:
     elif isinstance(node, str):
         _check_interpolation(node, source, key)
     elif node is not None and not isinstance(node, (bool, int, float)):
-        raise UserError(f"{source}: key {key} holds {node!r}, which is not a plain value: refused. {WHY}.")
+        raise refusal(source, f"key {key} holds {node!r}, which is not a plain value")
 
 
 def check_override(override: object, source: str) -> None:
@@ -121,30 +122,29 @@ def check_override(override: object, source: str) -> None:
     from hydra.errors import HydraException
 
     if not isinstance(override, str) or override.startswith("-"):
-        raise UserError(f"{source}: the recorded override {override!r} is not a key=value override (a "
-                        f"command-line flag?): refused. {WHY}.")
+        raise refusal(source, f"the recorded override {override!r} is not a key=value override (a "
+                              "command-line flag?)")
     try:
         parsed = OverridesParser.create().parse_override(override)
     except HydraException as err:
-        raise UserError(f"{source}: the recorded override {override!r} cannot be parsed "
-                        f"({str(err).splitlines()[0]}): refused. {WHY}.") from None
+        raise refusal(source, f"the recorded override {override!r} cannot be parsed "
+                              f"({str(err).splitlines()[0]})") from None
     key = parsed.key_or_group
     if parsed.package is not None:
-        raise UserError(f"{source}: the recorded override {override!r} moves the config group {key} into the "
-                        f"package {parsed.package}: refused. {WHY}.")
+        raise refusal(source, f"the recorded override {override!r} moves the config group {key} into the "
+                              f"package {parsed.package}")
     if not all(NAME.match(part) for part in re.split(r"[./]", key)):
-        raise UserError(f"{source}: the recorded override {override!r} (key {key}) names no plain config key: "
-                        f"refused. {WHY}.")
+        raise refusal(source, f"the recorded override {override!r} (key {key}) names no plain config key")
     value = _plain(parsed.value(), override, source, key)
     if re.split(r"[./]", key)[0] == "hydra":
         if key not in SAFE_HYDRA_KEYS or isinstance(value, (dict, list)):
-            raise UserError(f"{source}: the recorded override {override!r} changes Hydra's own setting {key} "
-                            f"(only {', '.join(sorted(SAFE_HYDRA_KEYS))} may be recorded): refused. {WHY}.")
+            raise refusal(source, f"the recorded override {override!r} changes Hydra's own setting {key} "
+                                  f"(only {', '.join(sorted(SAFE_HYDRA_KEYS))} may be recorded)")
     elif "/" in key or (CONF_DIR / key).is_dir():  # a config group: its option must be a file of conf/
         for option in value if isinstance(value, list) else [value]:
             if option is not None and not _is_option(key, option):
-                raise UserError(f"{source}: the recorded override {override!r} picks {option!r} for the config "
-                                f"group {key}, which is not an option of mnist-lit's conf/{key}/: refused. {WHY}.")
+                raise refusal(source, f"the recorded override {override!r} picks {option!r} for the config "
+                                      f"group {key}, which is not an option of mnist-lit's conf/{key}/")
     parent, _, last = key.rpartition(".")
     check_tree({last: value}, source, parent)
 
@@ -167,12 +167,12 @@ def _plain(value: object, override: str, source: str, key: str) -> object:
         return [_plain(v, override, source, key) for v in value]
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
-    raise UserError(f"{source}: the recorded override {override!r} gives key {key} a sweep or function "
-                    f"({type(value).__name__}), not a plain value: refused. {WHY}.")
+    raise refusal(source, f"the recorded override {override!r} gives key {key} a sweep or function "
+                          f"({type(value).__name__}), not a plain value")
 
 
 def _check_interpolation(text: str, source: str, key: str) -> None:
-    """Refuse `${...}` that calls a resolver outside SAFE_RESOLVERS or builds a dict (OmegaConf's own parser)."""
+    """Refuse `${...}` calling a resolver outside SAFE_RESOLVERS or building a dict (OmegaConf's parser)."""
     if "${" not in text:
         return
     from omegaconf import grammar_parser
@@ -182,17 +182,15 @@ def _check_interpolation(text: str, source: str, key: str) -> None:
     try:
         tree = grammar_parser.parse(text)
     except GrammarParseError:
-        raise UserError(f"{source}: key {key} holds {text!r}, an interpolation that cannot be parsed: refused. "
-                        f"{WHY}.") from None
+        raise refusal(source, f"key {key} holds {text!r}, an interpolation that cannot be parsed") from None
     stack = [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, Grammar.ResolverNameContext) and node.getText() not in SAFE_RESOLVERS:
-            raise UserError(f"{source}: key {key} holds {text!r}, which calls the resolver {node.getText()} (only "
-                            f"{', '.join(sorted(SAFE_RESOLVERS))} may be used): refused. {WHY}.")
+            raise refusal(source, f"key {key} holds {text!r}, which calls the resolver {node.getText()} "
+                                  f"(only {', '.join(sorted(SAFE_RESOLVERS))} may be used)")
         if isinstance(node, Grammar.DictContainerContext):
-            raise UserError(f"{source}: key {key} holds {text!r}, an interpolation that builds a dict: refused. "
-                            f"{WHY}.")
+            raise refusal(source, f"key {key} holds {text!r}, an interpolation that builds a dict")
         stack.extend(node.getChildren() if hasattr(node, "getChildren") else [])
 
 

@@ -247,7 +247,7 @@ def load_config(run_dir: Path) -> DictConfig:
 def read_recorded_overrides(run_dir: Path, replaced: Collection[str] = ()) -> list[str]:
     """The command-line overrides the run recorded (.hydra/overrides.yaml), for `resume=` to repeat, except
     those of the keys in `replaced` (given anew by the user, who may trust a target the check would refuse);
-    refused when one names a target outside the allowlist, changes Hydra's settings or is no plain override."""
+    refused when one names a target outside the allowlist, changes Hydra's settings or is not plain."""
     path = run_dir / OVERRIDES_FILE
     if not path.is_file():
         raise UserError(f"resume={run_dir}: not a training run folder (no .hydra/overrides.yaml). Pass the "

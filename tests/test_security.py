@@ -58,8 +58,8 @@ def script(tmp: Path, marker: Path) -> str:
     return str(path)
 
 
-def module(tmp: Path, marker: Path) -> str:
-    name = f"sec_payload_{uuid.uuid4().hex[:8]}"
+def module(tmp: Path, marker: Path, name: str | None = None) -> str:
+    name = name or f"sec_payload_{uuid.uuid4().hex[:8]}"
     (tmp / f"{name}.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
     return name
 
@@ -155,7 +155,7 @@ COMMANDS = {
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("make", [p[1] for p in PAYLOADS], ids=PAYLOAD_IDS)
 def test_run_config_payload_is_refused(command, make, synthetic_run, tmp_path, payload_dir, capfd):
-    """model.net of the run's .hydra/config.yaml names a code-running target: evaluate/predict/export refuse."""
+    """model.net in the run's .hydra/config.yaml names a code-running target: the commands refuse."""
     run = copy_run(synthetic_run, tmp_path)
     marker = tmp_path / "pwned"
     node = make(payload_dir, marker)
@@ -241,7 +241,7 @@ CONFIG_VARIANTS = [
 def test_hostile_config_variants_are_refused(edit, key, named, synthetic_run, tmp_path, monkeypatch):
     """Every `_target_` and interpolation anywhere in config.yaml is checked, as a string: a module that
     would run code when imported is not imported."""
-    (tmp_path / f"{PLANT}.py").write_text(f"import pathlib\npathlib.Path({str(tmp_path / 'pwned')!r}).touch()\n")
+    module(tmp_path, tmp_path / "pwned", PLANT)
     monkeypatch.syspath_prepend(str(tmp_path))
     run = copy_run(synthetic_run, tmp_path)
     edit_yaml(run / ".hydra" / "config.yaml", edit)
@@ -255,10 +255,11 @@ def test_hostile_config_variants_are_refused(edit, key, named, synthetic_run, tm
 def test_yaml_tags_never_construct_objects(synthetic_run, tmp_path):
     run = copy_run(synthetic_run, tmp_path)
     config = run / ".hydra" / "config.yaml"
-    config.write_text(config.read_text() + f"evil: !!python/object/apply:os.system ['touch {tmp_path}/pwned']\n")
+    tag = f"!!python/object/apply:os.system ['touch {tmp_path}/pwned']"
+    config.write_text(config.read_text() + f"evil: {tag}\n")
     with pytest.raises(UserError, match="cannot be read"):
         load_run(run)
-    (run / ".hydra" / "overrides.yaml").write_text(f"- !!python/object/apply:os.system ['touch {tmp_path}/pwned']\n")
+    (run / ".hydra" / "overrides.yaml").write_text(f"- {tag}\n")
     with pytest.raises(UserError, match="cannot be read"):
         read_recorded_overrides(run)
     assert not (tmp_path / "pwned").exists()
@@ -268,16 +269,19 @@ def test_yaml_tags_never_construct_objects(synthetic_run, tmp_path):
 HOSTILE_OVERRIDES = [
     ("target-key", "model.net._target_=torch.load", ["model.net._target_", "'torch.load'"]),
     ("added-target", "+foo._target_=runpy.run_path", ["foo._target_", "'runpy.run_path'"]),
-    ("dict-value", "+callbacks.x={_target_: os.system, _args_: [ls]}", ["callbacks.x._target_", "'os.system'"]),
+    ("dict-value", "+callbacks.x={_target_: os.system, _args_: [ls]}",
+     ["callbacks.x._target_", "'os.system'"]),
     ("nested-list", "trainer.plugins=[1, [{_target_: subprocess.run}]]",
      ["trainer.plugins[1][0]._target_", "'subprocess.run'"]),
-    ("args", "model.optimizer={_target_: torch.optim.SGD, _partial_: true, _args_: [{_target_: builtins.exec}]}",
+    ("args", "model.optimizer={_target_: torch.optim.SGD, _args_: [{_target_: builtins.exec}]}",
      ["model.optimizer._args_[0]._target_", "'builtins.exec'"]),
     ("quoted-target", "model.optimizer._target_='numpy.load'", ["model.optimizer._target_", "'numpy.load'"]),
-    ("hydra-callback", "+hydra.callbacks.x._target_=os.system", ["hydra.callbacks.x._target_", "Hydra's own"]),
+    ("hydra-callback", "+hydra.callbacks.x._target_=os.system",
+     ["hydra.callbacks.x._target_", "Hydra's own"]),
     ("hydra-searchpath", "hydra.searchpath=[file:///tmp/evil]", ["hydra.searchpath", "Hydra's own"]),
     ("hydra-launcher", "hydra/launcher=joblib", ["hydra/launcher", "Hydra's own"]),
-    ("hydra-job", "hydra.job.env_set.LD_PRELOAD=/tmp/evil.so", ["hydra.job.env_set.LD_PRELOAD", "Hydra's own"]),
+    ("hydra-job", "hydra.job.env_set.LD_PRELOAD=/tmp/evil.so",
+     ["hydra.job.env_set.LD_PRELOAD", "Hydra's own"]),
     ("hydra-logging", "hydra.job_logging.handlers.x.class=os.system", ["hydra.job_logging", "Hydra's own"]),
     ("hydra-run-dir-dict", "hydra.run.dir={_target_: os.system}", ["hydra.run.dir", "Hydra's own"]),
     ("oc.create", "x='${oc.create:{_target_: os.system}}'", ["key x", "builds a dict"]),
@@ -318,7 +322,8 @@ def test_real_recorded_overrides_are_read_as_they_are(synthetic_run, tmp_path):
     assert read_recorded_overrides(synthetic_run) == recorded
     lines = [
         "ckpt_path='/runs/a b/checkpoints/last.ckpt'", "resume='/runs/a b'", "model.net.hidden_sizes.0=256",
-        "model.optimizer.lr=0.0031", "model/scheduler=onecycle", "model/augment=affine", "experiment=mlp128_best",
+        "model.optimizer.lr=0.0031", "model/scheduler=onecycle", "model/augment=affine",
+        "experiment=mlp128_best",
         "hparams_search=optuna", "trainer=cpu", "model.scheduler=null", "~callbacks.lr_monitor",
         "callbacks=[default,early_stopping]", "model.optimizer._target_=torch.optim.AdamW",
         "data.root=${oc.env:MNIST_ROOT}", "hydra.run.dir=out/${now:%H-%M}", "+model.optimizer.momentum=0.9",
@@ -374,11 +379,11 @@ def test_resume_with_a_trusted_target_given_again(synthetic_run, tmp_path):
     overrides = run / ".hydra" / "overrides.yaml"
     edit_yaml(overrides, lambda lines: lines.extend(["+callbacks.pause._target_=test_resume.PauseAt",
                                                      "+callbacks.pause.epoch=2"]))
-    with pytest.raises(UserError, match=r"callbacks\.pause\._target_ names the target 'test_resume\.PauseAt'"):
+    with pytest.raises(UserError, match=r"pause\._target_ names the target 'test_resume\.PauseAt'"):
         expand_resume([f"resume={run}"])
     args = expand_resume([f"resume={run}", "+callbacks.pause._target_=test_resume.PauseAt"])
-    assert args.count("+callbacks.pause._target_=test_resume.PauseAt") == 1 and "+callbacks.pause.epoch=2" in args
-    assert args[-1] == "+callbacks.pause._target_=test_resume.PauseAt"  # the user's own line, last
+    own = "+callbacks.pause._target_=test_resume.PauseAt"
+    assert args.count(own) == 1 and args[-1] == own and "+callbacks.pause.epoch=2" in args  # the user's, last
 
     edit_yaml(overrides, lambda lines: lines.append("+callbacks.evil={_target_: os.system}"))
     with pytest.raises(UserError, match=r"callbacks\.evil\._target_ names the target 'os\.system'"):
