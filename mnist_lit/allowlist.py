@@ -35,6 +35,14 @@ SAFE_TARGETS = frozenset(
         "mnist_lit.callbacks.LogSampleDigits",
         "mnist_lit.plots.LearningCurves",
         "mnist_lit.plots.LogTestImages",
+        # conf/callbacks/default.yaml after the core split (main 4cc70ab); the old names above stay, so that
+        # runs trained before it still load
+        "mnist_lit.callbacks.LearningCurves",
+        "mnist_lit.callbacks.LogTestImages",
+        "mnist_lit.callbacks.NetworkSummary",
+        "mnist_lit.callbacks.StepAxis",
+        "mnist_lit.callbacks.StepProgressBar",
+        "mnist_lit.callbacks.TrainingCurve",
         "mnist_lit.errors.CheckRunDir",
         "lightning.pytorch.Trainer",
     ]
