@@ -63,9 +63,9 @@ WHY = (
     "mnist-lit builds from a run folder's files only its own networks (the nn.Module classes of "
     f"{NETWORK_MODULE}) and the optimizers, schedulers, data, callbacks and loggers of its conf/ "
     "(mnist_lit/allowlist.py), because a run folder can come from anyone and building anything else "
-    "could run its code. Nothing was built or run. Use a run folder written by mnist_lit.train; if you "
-    "wrote this yourself and trust it, give it on the command line instead (a recorded override: the same "
-    "key after resume=<run> replaces it)"
+    "could run its code. Nothing was built or run. Use a run folder written by mnist_lit.train. If you "
+    "wrote this yourself and trust it: give a recorded override again after resume=<run> (the command "
+    "line's value replaces it), or add a class of your own to SAFE_TARGETS in mnist_lit/allowlist.py"
 )
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
