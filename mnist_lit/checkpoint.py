@@ -268,17 +268,10 @@ def read_recorded_overrides(run_dir: Path, replaced: Collection[str] = ()) -> li
 
 
 def build_net(cfg: DictConfig, source: str) -> nn.Module:
-    """The network described by cfg.model.net, with fresh weights."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    """The network described by cfg.model.net (allowlisted by load_config), with fresh weights."""
+    from mnist_lit.building import build
 
-    try:
-        return instantiate(cfg.model.net)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise UserError(f"the network of {source} cannot be built: {err}") from err
+    return build(cfg.model.net, f"model.net of {source}")
 
 
 def load_run(run_dir: str | Path | None = None, ckpt_path: str | Path | None = None) -> Run:
