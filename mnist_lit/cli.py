@@ -8,8 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from mnist_lit.checkpoint import read_recorded_overrides
 from mnist_lit.errors import UserError, report_user_errors
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -19,15 +18,7 @@ def expand_resume(args: list[str]) -> list[str]:
     if not found:
         return args
     run_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
-    overrides, last = run_dir / ".hydra" / "overrides.yaml", run_dir / "checkpoints" / "last.ckpt"
-    if not overrides.is_file():
-        raise UserError(f"resume={run_dir}: not a training run folder (no .hydra/overrides.yaml). Pass the "
-                        "folder of the run to continue, e.g. resume=logs/train/runs/<date_time>.")
-    if not last.is_file():
-        raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
-                        "first checkpoint, or ran with callbacks=none): start it again instead.")
-    if {"-m", "--multirun"} & set(args):
-        raise UserError("resume= continues one run; it cannot be combined with --multirun.")
+    last = run_dir / "checkpoints" / "last.ckpt"
 
     def key(arg: str) -> str:
         return arg.split("=", 1)[0].lstrip("+~")
@@ -35,7 +26,13 @@ def expand_resume(args: list[str]) -> list[str]:
     ours = [f"hydra.run.dir='{run_dir}'", f"ckpt_path='{last}'", f"resume='{run_dir}'"]
     rest = [a for i, a in enumerate(args) if i not in found]
     given = {key(a) for a in ours + rest if "=" in a}
-    kept = [o for o in OmegaConf.load(overrides) if key(o) not in given]
+    # the run's own overrides, less those given again here; refused if one could run code
+    kept = read_recorded_overrides(run_dir, replaced=given)
+    if not last.is_file():
+        raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
+                        "first checkpoint, or ran with callbacks=none): start it again instead.")
+    if {"-m", "--multirun"} & set(args):
+        raise UserError("resume= continues one run; it cannot be combined with --multirun.")
     return kept + ours + rest
 
 

@@ -62,10 +62,11 @@ def report(result: Evaluation) -> str:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the run's checkpoint on the test set, print the scores, write the figures and eval.json."""
     from mnist_lit.checkpoint import load_run
+
+    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))  # a hostile run is refused before Lightning is
     from mnist_lit.data import to_features
     from mnist_lit.plots import confusion_matrix_figure, misclassified_figure, save
 
-    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))
     root = run.data_root(cfg.data.get("root"))
     images, labels = load_test_set(root, cfg.data.get("download", False))
     result = evaluate_net(run.net, to_features(images, run.normalize), labels)

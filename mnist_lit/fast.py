@@ -146,28 +146,32 @@ class GroupedSteps(pl.Callback):
         configs = trainer.lr_scheduler_configs
         self.scheduler = configs[0].scheduler if configs and configs[0].interval == "step" else None
         device = pl_module.device
-        self.sums = {"loss": torch.zeros((), device=device), "steps": torch.zeros((), device=device),
-                     "correct": torch.zeros((), dtype=torch.long, device=device),
-                     "count": torch.zeros((), dtype=torch.long, device=device)}
+        # loss: float32 on the device; correct: int64 on the device; steps and examples: counted on the host
+        self.sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), dtype=torch.long,
+                                                                                    device=device)}
+        self.steps = self.count = 0
         if self.saved is not None:
-            for key, value in self.saved.items():
-                self.sums[key].copy_(value)
+            for key in self.sums:
+                self.sums[key].copy_(self.saved[key])
+            self.steps, self.count = int(self.saved["steps"]), int(self.saved["count"])
         self.sums_epoch = self.saved_epoch if self.saved is not None else trainer.current_epoch
         if device.type == "cuda":
             make_capturable(self.optimizer, device, schedule=self.scheduler is not None)
-            self.graph = GraphedStep(self.step)
+            self.graph = GraphedStep(self.counted_step)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.active and self.sums_epoch != trainer.current_epoch:  # not the epoch a resumed run goes on with
             for value in self.sums.values():
                 value.zero_()
+            self.steps = self.count = 0
             self.sums_epoch = trainer.current_epoch
 
     # --- the steps -----------------------------------------------------------------------------------------
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One optimizer step on one minibatch, as the module's training_step and Lightning would do it."""
-        module, sums = self.module, self.sums
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on one minibatch, as the module's training_step and Lightning would do it;
+        returns the (detached) logits."""
+        module = self.module
         if module.augment is not None:
             x = module.augment(x)
         logits = module(x)
@@ -175,33 +179,45 @@ class GroupedSteps(pl.Callback):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        sums["loss"] += loss.detach()
-        sums["steps"] += 1
-        sums["correct"] += (logits.detach().argmax(1) == y).sum()
-        sums["count"] += len(y)
+        self.sums["loss"] += loss.detach()  # the float32 additions torchmetrics' MeanMetric makes, in order
+        return logits.detach()
+
+    def counted_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        # inside a CUDA graph the count costs no launches: done per step
+        self.sums["correct"] += (self.step(x, y).argmax(1) == y).sum()
 
     def training_step(self, batch: list[tuple[torch.Tensor, torch.Tensor]], batch_idx: int) -> None:
         trainer, every = self.trainer, self.trainer.log_every_n_steps
-        step, points = trainer.global_step, []
-        for x, y in batch:
+        step, points, outputs = trainer.global_step, [], []
+        for i, (x, y) in enumerate(batch):
             if self.graph is not None:
                 self.graph(x, y)
             else:
-                self.step(x, y)
+                outputs.append(self.step(x, y))
             if self.scheduler is not None:
                 self.scheduler.step()
             step += 1
+            self.steps, self.count = self.steps + 1, self.count + len(y)
             if every and step % every == 0:
                 lr = self.optimizer.param_groups[0]["lr"]
-                points.append((step, *(v.clone() for v in self.sums.values()),
+                # a graph counts correct predictions per step; eager steps count them for the group below
+                correct = self.sums["correct"].clone() if self.graph is not None else i
+                points.append((step, self.sums["loss"].clone(), self.steps, correct, self.count,
                                lr.clone() if torch.is_tensor(lr) else lr))
+        if outputs:
+            # the group's correct predictions at once (counts add up exactly in any order)
+            hits = torch.cat(outputs).argmax(1) == torch.cat([y for _, y in batch])
+            ends = torch.tensor([len(y) for _, y in batch], device=hits.device).cumsum(0) - 1
+            running = self.sums["correct"] + hits.cumsum(0)[ends]
+            self.sums["correct"] = running[-1].clone()
+            points = [(s, loss, n, running[i], count, lr) for s, loss, n, i, count, lr in points]
         compat.count_optimizer_steps(trainer, len(batch))
         if points and self.curve is not None:
             self.curve.log_points(trainer, [(s, *_means(loss, n, correct, count), lr)
                                             for s, loss, n, correct, count, lr in points])
 
     def train_metrics(self) -> dict[str, torch.Tensor]:
-        loss, acc = _means(*self.sums.values())
+        loss, acc = _means(self.sums["loss"], self.steps, self.sums["correct"], self.count)
         return {"train/loss": loss, "train/acc": acc}
 
     # --- checkpoints ---------------------------------------------------------------------------------------
@@ -209,16 +225,29 @@ class GroupedSteps(pl.Callback):
     def state_dict(self) -> dict:
         if not self.active or not self.sums:
             return {}
-        return {"epoch": self.sums_epoch, "sums": {k: v.detach().cpu() for k, v in self.sums.items()}}
+        sums = {k: v.detach().cpu() for k, v in self.sums.items()} | {"steps": self.steps, "count": self.count}
+        return {"epoch": self.sums_epoch, "sums": sums}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:
             self.saved, self.saved_epoch = state_dict["sums"], state_dict["epoch"]
 
 
-def _means(loss_sum, steps, correct, count) -> tuple[torch.Tensor, torch.Tensor]:
-    # torchmetrics' MeanMetric and micro-averaged accuracy divide the same float32 sums
-    return loss_sum / steps, correct.float() / count.float()
+def _means(loss_sum: torch.Tensor, steps: int, correct: torch.Tensor, count: int):
+    # what torchmetrics' MeanMetric and micro-averaged accuracy compute from the same sums: float32 divisions
+    mean_loss = loss_sum / torch.tensor(float(steps), device=loss_sum.device)
+    return mean_loss, correct.float() / torch.tensor(float(count), device=correct.device)
+
+
+def unfused_for_clipping(cfg) -> None:
+    """`fused=True` Adam (one kernel per update) with gradient clipping under mixed precision is refused by
+    Lightning; such a run gets the same optimizer unfused, and says so."""
+    optimizer = cfg.model.optimizer
+    if optimizer.get("fused") and cfg.trainer.get("gradient_clip_val") and "mixed" in str(
+            cfg.trainer.get("precision", "")):
+        log.info("model.optimizer.fused=false: Lightning clips gradients under %s precision only for "
+                 "optimizers that are not fused.", cfg.trainer.precision)
+        optimizer.fused = False
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device, schedule: bool) -> None:

@@ -44,7 +44,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     from mnist_lit.building import build, build_each, check_accelerator, check_optimizer
     from mnist_lit.callbacks import log_hparams, quiet_lightning
     from mnist_lit.checkpoint import check_fits
-    from mnist_lit.fast import GroupedSteps
+    from mnist_lit.fast import GroupedSteps, unfused_for_clipping
     from mnist_lit.reliability import (
         AtomicCheckpointIO, Interrupted, ResumeExactly, StopOnDivergence, end_early, last_checkpoint_path,
     )
@@ -57,6 +57,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
+    unfused_for_clipping(cfg)
     datamodule = build(cfg.data, "data")
     datamodule.prepare_data()  # missing or broken data fails here, before any other work
     model = build(cfg.model, "model")

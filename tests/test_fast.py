@@ -194,3 +194,17 @@ def test_staged_gpu_setup_is_refused_only_for_what_graphs_cannot_replay():
     assert "16-mixed" in unsupported(trainer, module)
     trainer.precision = "32-true"
     assert unsupported(trainer, module) is None
+
+
+def test_fused_adam_is_unfused_only_for_clipping_under_mixed_precision(caplog):
+    from conftest import compose
+
+    from mnist_lit.fast import unfused_for_clipping
+
+    cfg = compose("train")
+    unfused_for_clipping(cfg)
+    assert cfg.model.optimizer.fused is True  # the default: one kernel per update
+    cfg = compose("train", "trainer.gradient_clip_val=1.0", "trainer.precision=bf16-mixed")
+    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+        unfused_for_clipping(cfg)
+    assert cfg.model.optimizer.fused is False and "model.optimizer.fused=false" in caplog.text

@@ -88,7 +88,8 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, 
     shutil.copy(run / "checkpoints" / "last.ckpt", tmp_path / "interrupted.ckpt")
     by_ckpt = popen_train(data, f"hydra.run.dir={tmp_path / 'by_ckpt'}", *overrides,
                           f"ckpt_path={tmp_path / 'interrupted.ckpt'}")
-    resumed = run_cli("mnist_lit.train", f"resume={run}", env={"PYTHONPATH": str(TESTS)})
+    # the test's own callback (recorded) is no target mnist-lit builds from a run folder: given again
+    resumed = run_cli("mnist_lit.train", f"resume={run}", pause[0], env={"PYTHONPATH": str(TESTS)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
     out, err = by_ckpt.communicate(timeout=300)
