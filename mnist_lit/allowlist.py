@@ -30,6 +30,7 @@ SAFE_TARGETS = frozenset(
     )]
     + [
         "mnist_lit.module.MNISTClassifier",
+        "mnist_lit.distill.DistillationClassifier",  # [cnn hook] conf/model/distill.yaml
         "mnist_lit.data.MNISTDataModule",
         "mnist_lit.augment.RandomAffine",
         "mnist_lit.callbacks.LogSampleDigits",
