@@ -54,7 +54,8 @@ def keep_sweeping(task: Callable[..., T]) -> Callable[..., T]:
         try:
             return task(cfg)
         except Exception as err:
-            if isinstance(err, RunStopped) and err.status == "interrupted":
+            # [optuna hook] a pruned trial is no failure: the Optuna sweeper records it as pruned
+            if isinstance(err, RunStopped) and err.status in ("interrupted", "pruned"):
                 raise
             from lightning.pytorch.utilities import rank_zero_only
 

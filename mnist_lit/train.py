@@ -191,6 +191,7 @@ def _train(cfg: DictConfig, stop) -> dict:
         StopOnDivergence,
         last_checkpoint_path,
     )
+    from mnist_lit.optuna_trial import TrialPruned, trial_callbacks  # [optuna hook]
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     # Hydra's handlers already print and write train.log; Lightning's own would print everything twice
@@ -217,6 +218,7 @@ def _train(cfg: DictConfig, stop) -> dict:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # not options: whatever the config, a run that stops early keeps its work (mnist_lit/reliability.py)
     callbacks += [stop, StopOnDivergence(), ResumeExactly()]
+    callbacks += trial_callbacks()  # [optuna hook] in an Optuna search's trial: report val/acc, get pruned
     trainer: pl.Trainer = build(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -297,6 +299,10 @@ def _train(cfg: DictConfig, stop) -> dict:
             f"{err}; stopped (metrics.json: status diverged). {kept}. Lower the learning rate "
             f"(model.optimizer.lr={cfg.model.optimizer.get('lr')}; the tutorial's is 1e-3).",
             "diverged") from None
+    except TrialPruned as err:  # [optuna hook] status "pruned", exit 0: the sweeper tells Optuna
+        final = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+        finish("pruned", time.perf_counter() - start, final, pruned=str(err))
+        raise RunStopped(f"{err} (metrics.json: status pruned)", "pruned", 0) from None
     except Exception as err:
         with contextlib.suppress(Exception):  # the error itself is what the user must see
             finish("failed", time.perf_counter() - start, {}, error=str(user_error_of(err) or repr(err)))

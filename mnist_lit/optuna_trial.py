@@ -1,0 +1,60 @@
+"""A training job as one trial of an Optuna search: reports val/acc every epoch, stops when the pruner says so.
+
+The sweeper (hydra_plugins/mnist_lit_optuna) passes the trial to its job in three environment variables
+(through `hydra.job.env_set`, which every launcher applies: basic, joblib, submitit): the storage URL,
+the study name and the trial number. Outside such a job `trial_callbacks()` is empty, and optuna is never
+imported (it is an optional extra).
+"""
+
+from __future__ import annotations
+
+import os
+
+import lightning.pytorch as pl
+
+STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "MNIST_LIT_OPTUNA_STORAGE", "MNIST_LIT_OPTUNA_STUDY", "MNIST_LIT_OPTUNA_TRIAL"
+
+
+class TrialPruned(Exception):
+    """The pruner stopped this trial: train records status "pruned" and raises RunStopped(status="pruned"),
+    which the sweeper tells Optuna as a pruned trial."""
+
+
+def storage(url: str):
+    """An Optuna storage; SQLite waits for a lock instead of failing when parallel trials write at once."""
+    import optuna
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+class ReportToTrial(pl.Callback):
+    """After every validation: report `monitor` to the trial as that epoch's intermediate value, and raise
+    TrialPruned when the study's pruner finds the trial hopeless (median, hyperband: the sweeper's config)."""
+
+    def __init__(self, storage_url: str, study_name: str, number: int, monitor: str = "val/acc"):
+        import optuna
+
+        self.monitor = monitor
+        study = optuna.load_study(study_name=study_name, storage=storage(storage_url))
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        self.trial = optuna.trial.Trial(study, trial_id)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        epoch = trainer.current_epoch
+        if trainer.is_global_zero:
+            self.trial.report(float(value), step=epoch)
+        # every process takes rank 0's decision, so that all of them stop together
+        if trainer.strategy.broadcast(trainer.is_global_zero and self.trial.should_prune()):
+            raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch}: {self.monitor}="
+                              f"{float(value):.4f} is below what the study's pruner lets through")
+
+
+def trial_callbacks() -> list[pl.Callback]:
+    """[ReportToTrial] inside an Optuna sweep's job, else []."""
+    if TRIAL_ENV not in os.environ:
+        return []
+    return [ReportToTrial(os.environ[STORAGE_ENV], os.environ[STUDY_ENV], int(os.environ[TRIAL_ENV]))]
