@@ -2,7 +2,7 @@
 
 The sweeper (hydra_plugins/mnist_lit_optuna) passes the trial to its job in three environment variables
 (through `hydra.job.env_set`, which every launcher applies: basic, joblib, submitit): the storage URL,
-the study name and the trial number. Outside such a job `trial_callbacks()` is empty, and optuna is never
+the study name and the trial number; the pruner comes from the job's own hydra.sweeper config. Outside such a job `trial_callbacks()` is empty, and optuna is never
 imported (it is an optional extra).
 """
 
@@ -32,11 +32,12 @@ class ReportToTrial(pl.Callback):
     """After every validation: report `monitor` to the trial as that epoch's intermediate value, and raise
     TrialPruned when the study's pruner finds the trial hopeless (median, hyperband: the sweeper's config)."""
 
-    def __init__(self, storage_url: str, study_name: str, number: int, monitor: str = "val/acc"):
+    def __init__(self, storage_url: str, study_name: str, number: int, pruner, monitor: str = "val/acc"):
         import optuna
 
         self.monitor = monitor
-        study = optuna.load_study(study_name=study_name, storage=storage(storage_url))
+        # the storage keeps no pruner: the trial asks the one of the sweep's config
+        study = optuna.load_study(study_name=study_name, storage=storage(storage_url), pruner=pruner)
         trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         self.trial = optuna.trial.Trial(study, trial_id)
 
@@ -57,4 +58,8 @@ def trial_callbacks() -> list[pl.Callback]:
     """[ReportToTrial] inside an Optuna sweep's job, else []."""
     if TRIAL_ENV not in os.environ:
         return []
-    return [ReportToTrial(os.environ[STORAGE_ENV], os.environ[STUDY_ENV], int(os.environ[TRIAL_ENV]))]
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    pruner = instantiate(HydraConfig.get().sweeper.pruner)
+    return [ReportToTrial(os.environ[STORAGE_ENV], os.environ[STUDY_ENV], int(os.environ[TRIAL_ENV]), pruner)]

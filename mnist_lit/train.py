@@ -144,6 +144,12 @@ def expand_resume(args: list[str]) -> list[str]:
     if not found:
         return args
     run_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
+    if {"-m", "--multirun"} & set(args):  # [optuna hook] an Optuna search's folder: continue its study
+        from mnist_lit.study import resume_search
+
+        search = resume_search(run_dir, [a for i, a in enumerate(args) if i not in found])
+        if search is not None:
+            return search
     overrides, last = run_dir / ".hydra" / "overrides.yaml", run_dir / "checkpoints" / "last.ckpt"
     if not overrides.is_file():
         raise UserError(f"resume={run_dir}: not a training run folder (no .hydra/overrides.yaml). Pass the "

@@ -69,6 +69,10 @@ class OptunaSweeper(Sweeper):
             space, fixed = parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         except SearchSpaceError as err:
             raise SearchError(f"search space (hydra.sweeper.params or the command line): {err}") from None
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # as Hydra's basic sweeper: the search's config and overrides, read by resume= and mnist_lit.confirm
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         url = self.storage_url()
         try:
             study = optuna.create_study(study_name=self.study_name, storage=storage(url), sampler=self.sampler,
@@ -100,6 +104,7 @@ class OptunaSweeper(Sweeper):
         from mnist_lit.errors import RunStopped
         from mnist_lit.optuna_trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
         from mnist_lit.search_space import to_override
+        from mnist_lit.sweep import TrialPruned
 
         batches = []  # job folder = trial number: consecutive numbers go to the launcher together
         for trial in trials:
@@ -120,15 +125,12 @@ class OptunaSweeper(Sweeper):
         for trial, ret in zip(trials, returns, strict=True):
             try:
                 value = ret.return_value  # raises the job's error
-            except RunStopped as err:
-                if err.status == "interrupted":
-                    interrupted = err
-                    continue
-                if err.status == "pruned":
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    log.info("trial %d pruned", trial.number)
-                    continue
-                value = err
+            except TrialPruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                continue
+            except RunStopped as err:  # Ctrl-C (keep_sweeping lets only "interrupted" through)
+                interrupted = err
+                continue
             except Exception as err:  # a job failed (JobFailed: bad value, diverged, ...): the search goes on
                 value = err
             if isinstance(value, (int, float)) and math.isfinite(value):
