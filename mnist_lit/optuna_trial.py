@@ -12,20 +12,13 @@ import os
 
 import lightning.pytorch as pl
 
-STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "MNIST_LIT_OPTUNA_STORAGE", "MNIST_LIT_OPTUNA_STUDY", "MNIST_LIT_OPTUNA_TRIAL"
+from mnist_lit.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, storage
+
 
 
 class TrialPruned(Exception):
     """The pruner stopped this trial: train records status "pruned" and raises RunStopped(status="pruned"),
     which the sweeper tells Optuna as a pruned trial."""
-
-
-def storage(url: str):
-    """An Optuna storage; SQLite waits for a lock instead of failing when parallel trials write at once."""
-    import optuna
-
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 class ReportToTrial(pl.Callback):

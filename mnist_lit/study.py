@@ -1,4 +1,4 @@
-"""The Optuna study of a search's sweep folder: where it is stored, its best trials, and the command that
+"""The Optuna study of a search: its storage, the folder's study, its best trials, and the command that
 continues it (`python -m mnist_lit.train -m resume=<sweep dir>`)."""
 
 from __future__ import annotations
@@ -10,10 +10,20 @@ from omegaconf import OmegaConf
 from mnist_lit.errors import UserError
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper"
+# how the sweeper tells a job its trial (hydra.job.env_set); read by mnist_lit/optuna_trial.py
+STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "MNIST_LIT_OPTUNA_STORAGE", "MNIST_LIT_OPTUNA_STUDY", "MNIST_LIT_OPTUNA_TRIAL"
+
+
+def storage(url: str):
+    """An Optuna storage; SQLite waits for a lock instead of failing when parallel trials write at once."""
+    import optuna
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def search_config(sweep_dir: Path):
-    """The sweep's multirun.yaml (Hydra writes it when the sweep starts) if it ran mnist-lit's Optuna sweeper."""
+    """The sweep's multirun.yaml (written when the sweep starts) if it ran mnist-lit's Optuna sweeper."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
@@ -34,14 +44,14 @@ def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
 
     given = {key(a) for a in args if "=" in a} | {"hydra.sweep.dir", "resume"}
     recorded = [*cfg.hydra.overrides.hydra, *cfg.hydra.overrides.task]
-    return [o for o in recorded if key(o) not in given] + [f"hydra.sweep.dir={sweep_dir}", *args]
+    flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants -m before the overrides
+    return [*flags, *(o for o in recorded if key(o) not in given), f"hydra.sweep.dir={sweep_dir}",
+            *(a for a in args if not a.startswith("-"))]
 
 
 def load_study(sweep_dir: Path):
     """The study a search in `sweep_dir` wrote (its storage and study name from multirun.yaml)."""
     import optuna
-
-    from mnist_lit.optuna_trial import storage
 
     cfg = search_config(sweep_dir)
     if cfg is None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import optuna
 import pytest
@@ -102,7 +103,7 @@ def test_resume_continues_the_study_and_retries_interrupted_trials(searched, tmp
     stale = study.ask(study.trials[0].distributions)
     proc = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra.sweeper.n_trials=4", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "trial 3 was left running by an earlier sweep" in proc.stderr
+    assert "trial 3 was left running by an earlier sweep" in proc.stdout + proc.stderr
     trials = study_of(sweep_dir).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert trials[3].user_attrs == {"interrupted": True}
@@ -115,7 +116,7 @@ def test_resume_continues_the_study_and_retries_interrupted_trials(searched, tmp
     # n_trials reached: running the same command again adds nothing
     proc = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra.sweeper.n_trials=4", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 of 4 trials done" in proc.stderr and len(study_of(sweep_dir).trials) == 5
+    assert "4 of 4 trials done" in proc.stdout + proc.stderr and len(study_of(sweep_dir).trials) == 5
 
 
 def test_two_trials_in_parallel_with_joblib(synthetic_root, tmp_path):
@@ -151,7 +152,7 @@ def test_dashboard_serves_the_study(searched):
     sweep_dir, _ = searched
     port = free_port()
     dashboard = subprocess.Popen(
-        [sys.executable, "-m", "optuna_dashboard", f"sqlite:///{sweep_dir / 'optuna.db'}", "--host",
+        [str(Path(sys.executable).with_name("optuna-dashboard")), f"sqlite:///{sweep_dir / 'optuna.db'}", "--host",
          "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60

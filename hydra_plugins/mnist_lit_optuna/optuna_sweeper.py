@@ -61,7 +61,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from mnist_lit.optuna_trial import storage
+        from mnist_lit.study import storage
         from mnist_lit.search_space import SearchSpaceError, parse
 
         self.check()
@@ -102,7 +102,7 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from mnist_lit.errors import RunStopped
-        from mnist_lit.optuna_trial import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+        from mnist_lit.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
         from mnist_lit.search_space import to_override
         from mnist_lit.sweep import TrialPruned
 
