@@ -23,7 +23,7 @@ class UserError(Exception):
 
 
 class RunStopped(UserError):
-    """A run that ended before completing (interrupted, diverged, failed, pruned); its metrics.json says how."""
+    """A run that ended before completing (interrupted, diverged, failed, pruned): metrics.json says how."""
 
     label = "stopped"
 

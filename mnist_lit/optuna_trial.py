@@ -1,9 +1,9 @@
-"""A training job as one trial of an Optuna search: reports val/acc every epoch, stops when the pruner says so.
+"""A training job as a trial of an Optuna search: reports val/acc every epoch, stops when the pruner says so.
 
 The sweeper (hydra_plugins/mnist_lit_optuna) passes the trial to its job in three environment variables
 (through `hydra.job.env_set`, which every launcher applies: basic, joblib, submitit): the storage URL,
-the study name and the trial number; the pruner comes from the job's own hydra.sweeper config. Outside such a job `trial_callbacks()` is empty, and optuna is never
-imported (it is an optional extra).
+the study name and the trial number; the pruner comes from the job's own hydra.sweeper config. Outside
+such a job `trial_callbacks()` is empty, and optuna is never imported (it is an optional extra).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import lightning.pytorch as pl
 
 from mnist_lit.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, storage
-
 
 
 class TrialPruned(Exception):

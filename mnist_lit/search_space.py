@@ -30,7 +30,7 @@ def distribution(override: Override):
         choices = list(override.sweep_iterator(transformer=Transformer.encode))
         bad = [c for c in choices if not isinstance(c, (str, int, float, bool, type(None)))]
         if bad:
-            raise SearchSpaceError(f"{key}: choice() takes plain values (str, int, float, bool, null), not {bad}")
+            raise SearchSpaceError(f"{key}: choice() takes plain values (str, int, float, bool), not {bad}")
         return CategoricalDistribution(choices)
     if isinstance(value, RangeSweep):
         values = list(override.sweep_iterator())

@@ -11,7 +11,8 @@ from mnist_lit.errors import UserError
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper"
 # how the sweeper tells a job its trial (hydra.job.env_set); read by mnist_lit/optuna_trial.py
-STORAGE_ENV, STUDY_ENV, TRIAL_ENV = "MNIST_LIT_OPTUNA_STORAGE", "MNIST_LIT_OPTUNA_STUDY", "MNIST_LIT_OPTUNA_TRIAL"
+STORAGE_ENV, STUDY_ENV = "MNIST_LIT_OPTUNA_STORAGE", "MNIST_LIT_OPTUNA_STUDY"
+TRIAL_ENV = "MNIST_LIT_OPTUNA_TRIAL"
 
 
 def storage(url: str):
@@ -32,8 +33,8 @@ def search_config(sweep_dir: Path):
 
 
 def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
-    """`-m resume=<sweep dir>` of an Optuna search -> its own overrides (Hydra's and the task's), its folder as
-    hydra.sweep.dir, then `args` (which win): the sweeper then continues the study up to n_trials.
+    """`-m resume=<sweep dir>` of an Optuna search -> its own overrides (Hydra's and the task's), its folder
+    as hydra.sweep.dir, then `args` (which win): the sweeper then continues the study up to n_trials.
     None when the folder holds no Optuna search (a grid sweep is another resume's business)."""
     cfg = search_config(sweep_dir)
     if cfg is None:
@@ -56,7 +57,8 @@ def load_study(sweep_dir: Path):
     cfg = search_config(sweep_dir)
     if cfg is None:
         raise UserError(f"{sweep_dir}: not the folder of an Optuna search (no multirun.yaml naming mnist-lit's "
-                        "sweeper). Pass the hydra.sweep.dir of a python -m mnist_lit.train -m hparams_search=optuna run.")
+                        "sweeper). Pass the hydra.sweep.dir of a search: python -m mnist_lit.train -m "
+                        "hparams_search=optuna hydra.sweep.dir=<folder>.")
     url = cfg.hydra.sweeper.storage or f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}"
     try:
         return optuna.load_study(study_name=cfg.hydra.sweeper.study_name, storage=storage(url))

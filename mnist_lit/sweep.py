@@ -22,7 +22,7 @@ class JobFailed(CompactHydraException):
 
 
 class TrialPruned(CompactHydraException):
-    """[optuna hook] An Optuna trial its pruner stopped (metrics.json: status pruned); the sweeper tells Optuna."""
+    """[optuna hook] A trial its pruner stopped (metrics.json: status pruned); the sweeper tells Optuna."""
 
 
 def error_message(err: BaseException) -> str:

@@ -189,6 +189,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     import lightning.pytorch as pl
     import torch
 
+    from mnist_lit.optuna_trial import TrialPruned, trial_callbacks  # [optuna hook]
     from mnist_lit.reliability import (
         AtomicCheckpointIO,
         Diverged,
@@ -197,7 +198,6 @@ def _train(cfg: DictConfig, stop) -> dict:
         StopOnDivergence,
         last_checkpoint_path,
     )
-    from mnist_lit.optuna_trial import TrialPruned, trial_callbacks  # [optuna hook]
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     # Hydra's handlers already print and write train.log; Lightning's own would print everything twice

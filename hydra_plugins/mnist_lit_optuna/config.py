@@ -44,4 +44,5 @@ PRUNERS = {
 }
 for _group, _options in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
     for _name, _node in _options.items():
-        ConfigStore.instance().store(group=f"hydra/sweeper/{_group}", name=_name, node=_node, provider="mnist_lit")
+        ConfigStore.instance().store(group=f"hydra/sweeper/{_group}", name=_name, node=_node,
+                                     provider="mnist_lit")

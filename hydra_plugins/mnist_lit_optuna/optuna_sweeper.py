@@ -53,16 +53,17 @@ class OptunaSweeper(Sweeper):
         metric = self.config.get("optimized_metric")
         if not metric or str(metric).startswith("test/"):
             raise SearchError(f"optimized_metric={metric}: the search must optimize a validation metric "
-                              "(e.g. val/acc_best); the test set is looked at only by python -m mnist_lit.confirm.")
+                              "(e.g. val/acc_best); the test set is looked at only by "
+                              "python -m mnist_lit.confirm.")
         if self.n_trials < 1 or self.n_jobs < 1 or not 0 <= self.max_failure_rate <= 1:
-            raise SearchError(f"hydra.sweeper: n_trials={self.n_trials} and n_jobs={self.n_jobs} must be >= 1, "
-                              f"max_failure_rate={self.max_failure_rate} in [0, 1].")
+            raise SearchError(f"hydra.sweeper: n_trials={self.n_trials} and n_jobs={self.n_jobs} must be "
+                              f">= 1, max_failure_rate={self.max_failure_rate} in [0, 1].")
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from mnist_lit.study import storage
         from mnist_lit.search_space import SearchSpaceError, parse
+        from mnist_lit.study import storage
 
         self.check()
         try:
@@ -75,16 +76,17 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         url = self.storage_url()
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=storage(url), sampler=self.sampler,
-                                        pruner=self.pruner, direction=self.direction, load_if_exists=True)
+            study = optuna.create_study(study_name=self.study_name, storage=storage(url),
+                                        sampler=self.sampler, pruner=self.pruner, direction=self.direction,
+                                        load_if_exists=True)
         except (ValueError, ImportError, optuna.exceptions.OptunaError) as err:
             raise SearchError(f"hydra.sweeper.storage={url}: cannot open the study: {err}. Give a writable "
                               "folder (hydra.sweep.dir) or a reachable Optuna storage URL.") from None
         retry_interrupted(study)
         done = len(counted(study))
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s. Watch it with: "
-                 "optuna-dashboard %s", self.study_name, url, done, self.n_trials, type(self.sampler).__name__,
-                 type(self.pruner).__name__, url)
+                 "optuna-dashboard %s", self.study_name, url, done, self.n_trials,
+                 type(self.sampler).__name__, type(self.pruner).__name__, url)
         failures = ran = 0
         while done < self.n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
@@ -93,17 +95,18 @@ class OptunaSweeper(Sweeper):
             if interrupted is not None:  # Ctrl-C: the running trials stay RUNNING, to be retried on resume
                 raise interrupted
             if failures > self.max_failure_rate * ran:
-                raise SearchError(f"{failures} of {ran} trials failed (more than hydra.sweeper.max_failure_rate="
-                                  f"{self.max_failure_rate}); see python -m mnist_lit.summarize "
+                raise SearchError(f"{failures} of {ran} trials failed (more than hydra.sweeper."
+                                  f"max_failure_rate={self.max_failure_rate}); see python -m mnist_lit.summarize "
                                   f"{self.config.hydra.sweep.dir}")
         self.report(study)
 
-    def run_batch(self, study, trials: list, fixed: dict[str, str], url: str) -> tuple[int, BaseException | None]:
+    def run_batch(self, study, trials: list, fixed: dict[str, str], url: str
+                  ) -> tuple[int, BaseException | None]:
         import optuna
 
         from mnist_lit.errors import RunStopped
-        from mnist_lit.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
         from mnist_lit.search_space import to_override
+        from mnist_lit.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
         from mnist_lit.sweep import TrialPruned
 
         batches = []  # job folder = trial number: consecutive numbers go to the launcher together
@@ -143,7 +146,7 @@ class OptunaSweeper(Sweeper):
         return failed, interrupted
 
     def report(self, study) -> None:
-        """Log the best trial and write <sweep dir>/optimization_results.yaml (read by mnist_lit.summarize)."""
+        """Log the best trial, write <sweep dir>/optimization_results.yaml (read by mnist_lit.summarize)."""
         import optuna
 
         states = [t.state for t in counted(study)]
@@ -156,7 +159,8 @@ class OptunaSweeper(Sweeper):
         results = {"name": "optuna", "study_name": study.study_name, "storage": self.storage_url(),
                    "best_trial": best.number, "best_params": best.params, "best_value": best.value,
                    "trials": counts}
-        OmegaConf.save(OmegaConf.create(results), Path(self.config.hydra.sweep.dir) / "optimization_results.yaml")
+        path = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
+        OmegaConf.save(OmegaConf.create(results), path)
         log.info("Best parameters (trial %d, %s): %s", best.number, counts, best.params)
         log.info("Best value: %s", best.value)
 
