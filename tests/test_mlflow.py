@@ -11,7 +11,8 @@ def test_mlflow_logger_records_the_run(synthetic_root, tmp_path):
 
     run_dir, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = run_cli("mnist_lit.train", f"data.root={synthetic_root}", *SYNTHETIC_OVERRIDES,
-                   "trainer.max_epochs=2", "callbacks=none", "threads=1", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}",
+                   "trainer.max_epochs=2", "callbacks=none", "threads=1", "logger=mlflow",
+                   f"logger.mlflow.tracking_uri={uri}",
                    f"hydra.run.dir={run_dir}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -96,8 +96,8 @@ class OptunaSweeper(Sweeper):
                 raise interrupted
             if failures > self.max_failure_rate * ran:
                 raise SearchError(f"{failures} of {ran} trials failed (more than hydra.sweeper."
-                                  f"max_failure_rate={self.max_failure_rate}); see python -m mnist_lit.summarize "
-                                  f"{self.config.hydra.sweep.dir}")
+                                  f"max_failure_rate={self.max_failure_rate}); see "
+                                  f"python -m mnist_lit.summarize {self.config.hydra.sweep.dir}")
         self.report(study)
 
     def run_batch(self, study, trials: list, fixed: dict[str, str], url: str
