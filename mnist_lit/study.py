@@ -57,8 +57,8 @@ def load_study(sweep_dir: Path):
     cfg = search_config(sweep_dir)
     if cfg is None:
         raise UserError(f"{sweep_dir}: not the folder of an Optuna search (no multirun.yaml naming "
-                        "mnist-lit's sweeper). Pass the hydra.sweep.dir of a search: python -m mnist_lit.train -m "
-                        "hparams_search=optuna hydra.sweep.dir=<folder>.")
+                        "mnist-lit's sweeper). Pass the hydra.sweep.dir of a search: python -m "
+                        "mnist_lit.train -m hparams_search=optuna hydra.sweep.dir=<folder>.")
     url = cfg.hydra.sweeper.storage or f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}"
     try:
         return optuna.load_study(study_name=cfg.hydra.sweeper.study_name, storage=storage(url))
