@@ -193,3 +193,33 @@ def test_confirm_retrains_the_best_configurations_over_seeds(searched, tmp_path)
     tables = proc.stdout.strip().split("\n\n")
     assert len(tables) == 2 and "test/acc (mean ± std)" in tables[1]
     assert len(tables[1].splitlines()) == 2 + 2 and all("| 2 |" in row for row in tables[1].splitlines()[2:])
+
+
+@pytest.mark.parametrize("name, pruner", [("median", optuna.pruners.MedianPruner),
+                                          ("hyperband", optuna.pruners.HyperbandPruner),
+                                          ("none", optuna.pruners.NopPruner)])
+def test_pruner_options(name, pruner):
+    from conftest import PROJECT
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
+        cfg = compose("train", ["hparams_search=optuna", f"hydra/sweeper/pruner={name}"],
+                      return_hydra_config=True)
+    assert isinstance(instantiate(cfg.hydra.sweeper.pruner), pruner)
+    assert cfg.hydra.sweeper._target_.endswith("mnist_lit_optuna.optuna_sweeper.OptunaSweeper")
+    assert cfg.test is False and cfg.optimized_metric == "val/acc_best"  # the search never tests
+
+
+def test_confirm_refuses_a_folder_without_a_search(tmp_path, capsys):
+    from mnist_lit.confirm import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "top_k=2"])
+    assert exit_info.value.code == 1
+    assert "not the folder of an Optuna search" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "top_k=zero"])
+    assert "top_k=zero seeds=3: both must be integers >= 1" in capsys.readouterr().err
