@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mnist_lit.allowlist import check_override
 from mnist_lit.errors import UserError, report_user_errors
 from mnist_lit.search_space import to_override
 from mnist_lit.study import best_trials, load_study, search_config
@@ -57,12 +58,15 @@ def confirm(sweep_dir: Path, top_k: int, seeds: int, out: Path | None, extra: li
     trials = best_trials(study, top_k)
     if not trials:
         raise UserError(f"{sweep_dir}: the study has no completed trial to confirm yet.")
-    search = list(search_config(sweep_dir).hydra.overrides.task)
+    search = list(search_config(sweep_dir)["overrides"]["task"])
     out = out or sweep_dir.with_name(sweep_dir.name + "-confirm")
     for trial in trials:
         print(f"trial {trial.number} ({study.direction.name.lower()} {trial.value:.4f}): {trial.params}",
               file=sys.stderr, flush=True)
-        command = [sys.executable, "-m", "mnist_lit.train", "-m", *trial_overrides(search, trial.params),
+        overrides = trial_overrides(search, trial.params)
+        for override in overrides:  # the sweep folder's files may come from anyone
+            check_override(override, str(sweep_dir / "multirun.yaml"))
+        command = [sys.executable, "-m", "mnist_lit.train", "-m", *overrides,
                    "seed=" + ",".join(str(s) for s in range(1, seeds + 1)), "test=true", *extra,
                    f"hydra.sweep.dir={out / f'trial{trial.number}'}"]
         subprocess.run(command, check=False)  # a failed job is listed by the summary below

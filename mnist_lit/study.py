@@ -5,14 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
 
+from mnist_lit.allowlist import check_override
 from mnist_lit.errors import UserError
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper"
 # how the sweeper tells a job its trial (hydra.job.env_set); read by mnist_lit/optuna_trial.py
 STORAGE_ENV, STUDY_ENV = "MNIST_LIT_OPTUNA_STORAGE", "MNIST_LIT_OPTUNA_STUDY"
 TRIAL_ENV = "MNIST_LIT_OPTUNA_TRIAL"
+# Hydra config groups a search's recorded overrides may pick an option of (options are ConfigStore names)
+SEARCH_GROUPS = frozenset(
+    {"hydra/sweeper", "hydra/sweeper/sampler", "hydra/sweeper/pruner", "hydra/launcher"})
 
 
 def storage(url: str):
@@ -23,47 +27,74 @@ def storage(url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
-def search_config(sweep_dir: Path):
-    """The sweep's multirun.yaml (written when the sweep starts) if it ran mnist-lit's Optuna sweeper."""
+def search_config(sweep_dir: Path) -> dict | None:
+    """The `hydra` node of the sweep's multirun.yaml (written when the sweep starts) if it ran mnist-lit's
+    Optuna sweeper. Plain YAML: OmegaConf would resolve interpolations while reading (a folder's files may
+    come from anyone, mnist_lit/allowlist.py)."""
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
         return None
-    cfg = OmegaConf.load(path)
-    return cfg if OmegaConf.select(cfg, "hydra.sweeper._target_") == SWEEPER_TARGET else None
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path} cannot be read ({err}): restore it, or start the search again.") from err
+    hydra = cfg.get("hydra") if isinstance(cfg, dict) else None
+    sweeper = hydra.get("sweeper") if isinstance(hydra, dict) else None
+    return hydra if isinstance(sweeper, dict) and sweeper.get("_target_") == SWEEPER_TARGET else None
+
+
+def check_search_override(override: object, source: str) -> None:
+    """A recorded override of a search, as allowlist.check_override, plus the search's own Hydra settings:
+    a sweeper or launcher option, and plain values of hydra.sweeper.* / hydra.launcher.* (no targets)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key = str(override).split("=", 1)[0].lstrip("+~")
+    if isinstance(override, str) and key.startswith("hydra") and "_target_" not in override \
+            and "${" not in override:
+        value = OverridesParser.create().parse_override(override).value()
+        if key in SEARCH_GROUPS and isinstance(value, str) and value.isidentifier():
+            return
+        plain = isinstance(value, (str, int, float, bool))
+        if key.startswith(("hydra.sweeper.", "hydra.launcher.")) and plain:
+            return
+    check_override(override, source)
 
 
 def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
     """`-m resume=<sweep dir>` of an Optuna search -> its own overrides (Hydra's and the task's), its folder
     as hydra.sweep.dir, then `args` (which win): the sweeper then continues the study up to n_trials.
     None when the folder holds no Optuna search (a grid sweep is another resume's business)."""
-    cfg = search_config(sweep_dir)
-    if cfg is None:
+    hydra = search_config(sweep_dir)
+    if hydra is None:
         return None
 
     def key(arg: str) -> str:
         return arg.split("=", 1)[0].lstrip("+~")
 
     given = {key(a) for a in args if "=" in a} | {"hydra.sweep.dir", "resume"}
-    recorded = [*cfg.hydra.overrides.hydra, *cfg.hydra.overrides.task]
+    recorded = [*hydra["overrides"]["hydra"], *hydra["overrides"]["task"]]
+    kept = [o for o in recorded if key(str(o)) not in given]
+    for override in kept:
+        check_search_override(override, str(sweep_dir / "multirun.yaml"))
     flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants -m before the overrides
-    return [*flags, *(o for o in recorded if key(o) not in given), f"hydra.sweep.dir={sweep_dir}",
-            *(a for a in args if not a.startswith("-"))]
+    return [*flags, *kept, f"hydra.sweep.dir={sweep_dir}", *(a for a in args if not a.startswith("-"))]
 
 
 def load_study(sweep_dir: Path):
     """The study a search in `sweep_dir` wrote (its storage and study name from multirun.yaml)."""
     import optuna
 
-    cfg = search_config(sweep_dir)
-    if cfg is None:
+    hydra = search_config(sweep_dir)
+    if hydra is None:
         raise UserError(f"{sweep_dir}: not the folder of an Optuna search (no multirun.yaml naming "
                         "mnist-lit's sweeper). Pass the hydra.sweep.dir of a search: python -m "
                         "mnist_lit.train -m hparams_search=optuna hydra.sweep.dir=<folder>.")
-    url = cfg.hydra.sweeper.storage or f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}"
+    name = hydra["sweeper"].get("study_name")
+    url = hydra["sweeper"].get("storage") or f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}"
     try:
-        return optuna.load_study(study_name=cfg.hydra.sweeper.study_name, storage=storage(url))
+        return optuna.load_study(study_name=name, storage=storage(str(url)))
     except (KeyError, ValueError, optuna.exceptions.OptunaError) as err:
-        raise UserError(f"{sweep_dir}: cannot read the study {cfg.hydra.sweeper.study_name!r} from {url}: "
+        raise UserError(f"{sweep_dir}: cannot read the study {name!r} from {url}: "
                         f"{err}") from None
 
 
