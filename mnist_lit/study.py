@@ -71,7 +71,8 @@ def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
     def key(arg: str) -> str:
         return arg.split("=", 1)[0].lstrip("+~")
 
-    given = {key(a) for a in args if "=" in a} | {"hydra.sweep.dir", "resume"}
+    # hydra.mode: Hydra's record of -m
+    given = {key(a) for a in args if "=" in a} | {"hydra.sweep.dir", "hydra.mode", "resume"}
     recorded = [*hydra["overrides"]["hydra"], *hydra["overrides"]["task"]]
     kept = [o for o in recorded if key(str(o)) not in given]
     for override in kept:

@@ -204,7 +204,10 @@ def test_pruner_options(name, pruner):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
+    from mnist_lit import schema
+
     GlobalHydra.instance().clear()
+    schema.register()
     with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
         cfg = compose("train", ["hparams_search=optuna", f"hydra/sweeper/pruner={name}"],
                       return_hydra_config=True)
@@ -223,3 +226,28 @@ def test_confirm_refuses_a_folder_without_a_search(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), "top_k=zero"])
     assert "top_k=zero seeds=3: both must be integers >= 1" in capsys.readouterr().err
+
+
+def test_resume_repeats_only_plain_search_overrides(tmp_path):
+    from mnist_lit.errors import UserError
+    from mnist_lit.study import SWEEPER_TARGET, resume_search
+
+    def folder(hydra_overrides, task_overrides):
+        hydra = {"sweeper": {"_target_": SWEEPER_TARGET},
+                 "overrides": {"hydra": hydra_overrides, "task": task_overrides}}
+        (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+        return tmp_path
+
+    sweep = folder(["hydra.mode=MULTIRUN", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4",
+                    f"hydra.sweep.dir={tmp_path}/old"], ["hparams_search=optuna", "data.batch_size=64"])
+    assert resume_search(sweep, ["-m", "data.batch_size=32"]) == [
+        "-m", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4", "hparams_search=optuna",
+        f"hydra.sweep.dir={sweep}", "data.batch_size=32"]
+    # a folder may come from anyone: no targets, no other Hydra settings, no interpolations
+    for hydra_overrides, task_overrides in [(["hydra.sweeper.pruner._target_=os.system"], []),
+                                            (["hydra.job_logging.root.level=DEBUG"], []),
+                                            (["hydra.sweeper.storage=${oc.env:HOME}"], []),
+                                            ([], ["+callbacks.x._target_=runpy.run_path"])]:
+        with pytest.raises(UserError, match="refused"):
+            resume_search(folder(hydra_overrides, task_overrides), ["-m"])
+    assert resume_search(tmp_path / "elsewhere", ["-m"]) is None  # no search there: a grid sweep's resume
