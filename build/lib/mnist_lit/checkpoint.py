@@ -1,0 +1,270 @@
+"""Load a trained run safely: its own saved config, a checkpoint's weights, and the network built from both.
+
+Every step turns the user's possible mistakes into a UserError that names the file and the fix:
+
+- `resolve_run_dir(path)`: a run folder (or `latest`), refusing sweep folders and folders that are no run;
+- `read_checkpoint(path)`: `torch.load(weights_only=True)`, so a checkpoint can never run pickled code;
+  missing, truncated, corrupt and foreign files get their own message;
+- `load_state_into(module, state_dict)`: loads a (sub)module's weights, naming every layer whose shape
+  differs between the checkpoint and the model (a checkpoint of another architecture);
+- `load_run(run_dir=..., ckpt_path=...)`: all of the above, returning a `Run` (config, network in eval
+  mode on the CPU, checkpoint path) for evaluate, predict and export.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from mnist_lit.errors import UserError
+
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+RUNS_DIR = Path("logs") / "train" / "runs"
+
+
+@dataclass
+class Run:
+    """A trained network and where it came from."""
+
+    cfg: DictConfig  # the run's composed training config (its .hydra/config.yaml), unresolved
+    net: nn.Module  # the network (the LightningModule's `net`), on the CPU, in eval mode
+    checkpoint: Path
+    run_dir: Path
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the network was trained on standardised pixels (data.normalize)."""
+        return bool(OmegaConf.select(self.cfg, "data.normalize", default=False))
+
+    def data_root(self, override: str | None = None) -> str:
+        """The MNIST folder: `override` when given, else the run's own data.root (resolved here, now)."""
+        if override:
+            return str(override)
+        return str(OmegaConf.select(self.cfg, "data.root", default="data"))
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file()
+
+
+def latest_run_dir(runs_dir: Path = RUNS_DIR) -> Path | None:
+    """The most recently started run under logs/train/runs, or None."""
+    runs = [p for p in runs_dir.glob("*") if is_run_dir(p)] if runs_dir.is_dir() else []
+    # the config is written once, when the run starts; the folder's own time changes with every file added
+    return max(runs, key=lambda p: (p / CONFIG_FILE).stat().st_mtime, default=None)
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """A training run's folder: `path` itself, or the newest run for `latest`."""
+    if str(path) == "latest":
+        latest = latest_run_dir()
+        if latest is None:
+            raise UserError(
+                f"run_dir=latest: no training run found under {RUNS_DIR.resolve()}. Train one first "
+                "(python -m mnist_lit.train) or pass the run's folder, e.g. "
+                "run_dir=logs/train/runs/<date_time>."
+            )
+        return latest
+    run_dir = Path(path).expanduser()
+    if not run_dir.exists():
+        raise UserError(
+            f"run_dir={path}: no such folder. Pass a training run's folder, e.g. {_example_run()}."
+        )
+    if not run_dir.is_dir():
+        raise UserError(
+            f"run_dir={path} is a file; pass its folder, or pass a checkpoint as ckpt_path={path}."
+        )
+    if not is_run_dir(run_dir):
+        subruns = sorted(p.name for p in run_dir.iterdir() if is_run_dir(p))
+        if subruns:
+            raise UserError(
+                f"run_dir={path} is a sweep (multirun) folder; pass one of its runs, e.g. "
+                f"run_dir={run_dir / subruns[0]} (runs: {', '.join(subruns[:10])})."
+            )
+        raise UserError(
+            f"run_dir={path} is not a training run: it has no {CONFIG_FILE}. Pass the folder that "
+            f"mnist_lit.train wrote, e.g. {_example_run()}."
+        )
+    return run_dir
+
+
+def _example_run() -> str:
+    latest = latest_run_dir()
+    return f"run_dir={latest}" if latest else f"run_dir={RUNS_DIR}/<date_time>"
+
+
+def _val_acc(path: Path) -> float:
+    match = re.search(r"val_acc(\d+(?:\.\d+)?)", path.name)
+    return float(match.group(1)) if match else -1.0
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The run's best checkpoint: metrics.json's `best_checkpoint`, else the best `epoch*` file, else
+    last.ckpt."""
+    ckpt_dir = run_dir / "checkpoints"
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        try:
+            recorded = json.loads(metrics_file.read_text()).get("best_checkpoint")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded:
+            # the run folder may have been moved since: then the file is found by its name
+            for candidate in (Path(recorded), ckpt_dir / Path(recorded).name):
+                if candidate.is_file():
+                    return candidate
+    candidates = sorted(ckpt_dir.glob("epoch*.ckpt"), key=_val_acc)
+    if candidates:
+        return candidates[-1]
+    if (ckpt_dir / "last.ckpt").is_file():
+        return ckpt_dir / "last.ckpt"
+    raise UserError(
+        f"run {run_dir} has no checkpoint in {ckpt_dir} (was it trained with callbacks=none, or stopped "
+        "before the first epoch ended?). Train again with the default callbacks, or pass a checkpoint as "
+        "ckpt_path=..."
+    )
+
+
+def find_run_dir(ckpt_path: Path) -> Path | None:
+    """The run folder a checkpoint belongs to (<run>/checkpoints/x.ckpt, or next to it), or None."""
+    for folder in list(ckpt_path.resolve().parents)[:3]:
+        if is_run_dir(folder):
+            return folder
+    return None
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A Lightning checkpoint's contents, loaded with weights_only=True (no arbitrary pickled code runs)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"checkpoint {path} does not exist. Pass an existing .ckpt file, e.g. "
+            "<run>/checkpoints/last.ckpt."
+        )
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass it as run_dir={path}, or pass a .ckpt file.")
+    if path.stat().st_size == 0:
+        raise UserError(
+            f"checkpoint {path} is empty (0 bytes): the save was interrupted. Use another checkpoint."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses any object that is not a tensor or a plain container: the file was written
+        # by other code, and unpickling it could run arbitrary code
+        raise UserError(
+            f"checkpoint {path} holds Python objects other than tensors and plain values, which mnist-lit "
+            f"refuses to unpickle (it could run arbitrary code): {str(err).splitlines()[0][:200]}. Use a "
+            "checkpoint written by mnist_lit.train."
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise UserError(
+            f"checkpoint {path} cannot be read: it is truncated or corrupt, or not a PyTorch file "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Use another checkpoint, e.g. "
+            "last.ckpt or the best epoch*.ckpt of the run."
+        ) from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise UserError(
+            f"checkpoint {path} is a PyTorch file but not a Lightning checkpoint (no 'state_dict'). "
+            "Use a checkpoint written by mnist_lit.train (<run>/checkpoints/*.ckpt)."
+        )
+    return ckpt
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def load_state_into(
+    module: nn.Module, state_dict: dict, prefix: str = "net.", source: str = "the checkpoint"
+) -> None:
+    """Load the entries of `state_dict` under `prefix` into `module`, or raise a UserError naming every
+    layer whose shape differs and every missing or unexpected one."""
+    own = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not own:
+        raise UserError(
+            f"{source} holds no weights under '{prefix}': it is not a checkpoint of an mnist-lit model."
+        )
+    expected = module.state_dict()
+    mismatched = [
+        f"{prefix}{k} is {_shape(own[k])} in the checkpoint but {_shape(v)} in the model"
+        for k, v in expected.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    missing = [prefix + k for k in expected if k not in own]
+    unexpected = [prefix + k for k in own if k not in expected]
+    if mismatched or missing or unexpected:
+        problems = mismatched + [f"{k} is missing from the checkpoint" for k in missing]
+        problems += [f"{k} is in the checkpoint but not in the model" for k in unexpected]
+        raise UserError(
+            f"{source} does not fit the model built from the config (another architecture?): "
+            f"{'; '.join(problems[:8])}{' ...' if len(problems) > 8 else ''}. Pass the checkpoint's own run "
+            "(run_dir=<its run folder>), whose .hydra/config.yaml describes the network it was trained with."
+        )
+    module.load_state_dict(own)
+
+
+def load_config(run_dir: Path) -> DictConfig:
+    path = run_dir / CONFIG_FILE
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # YAML errors of several kinds: all mean the same for the user
+        raise UserError(
+            f"the run's config {path} cannot be read ({err}). Restore it from the original run."
+        ) from err
+    if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.net") is None:
+        raise UserError(f"the run's config {path} has no model.net: it is not an mnist_lit.train config.")
+    return cfg
+
+
+def build_net(cfg: DictConfig, source: str) -> nn.Module:
+    """The network described by cfg.model.net, with fresh weights."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg.model.net)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"the network of {source} cannot be built: {err}") from err
+
+
+def load_run(run_dir: str | Path | None = None, ckpt_path: str | Path | None = None) -> Run:
+    """The network of a training run with the weights of its best checkpoint (or of `ckpt_path`).
+
+    With only `ckpt_path`, the run folder is the one the checkpoint lies in (<run>/checkpoints/x.ckpt);
+    its .hydra/config.yaml gives the architecture, so a network trained with any hidden sizes loads.
+    """
+    if run_dir is None and ckpt_path is None:
+        raise UserError(
+            f"no model given: pass a training run's folder, e.g. {_example_run()} (or run_dir=latest), "
+            "or a checkpoint, ckpt_path=<run>/checkpoints/last.ckpt."
+        )
+    ckpt = Path(ckpt_path).expanduser() if ckpt_path is not None else None
+    if run_dir is not None:
+        folder = resolve_run_dir(run_dir)
+    else:
+        ckpt_state = read_checkpoint(ckpt)  # a bad file is reported as such before looking for its run
+        folder = find_run_dir(ckpt)
+        if folder is None:
+            raise UserError(
+                f"checkpoint {ckpt} is not inside a training run folder, so its config (the network's "
+                f"hidden sizes, the pixel scaling) is unknown. Keep it in <run>/checkpoints/, or pass "
+                "run_dir=<its run folder> together with ckpt_path."
+            )
+    ckpt = ckpt or best_checkpoint(folder)
+    cfg = load_config(folder)
+    net = build_net(cfg, source=str(folder / CONFIG_FILE))
+    state = ckpt_state if run_dir is None else read_checkpoint(ckpt)
+    load_state_into(net, state["state_dict"], prefix="net.", source=f"checkpoint {ckpt}")
+    return Run(cfg=cfg, net=net.eval(), checkpoint=ckpt, run_dir=folder)

@@ -1,0 +1,211 @@
+"""Evaluate a trained run on the official test set: `python -m mnist_lit.evaluate run_dir=<run>` (see README).
+
+Prints test accuracy, loss and per-class accuracy; writes confusion_matrix.png, misclassified.png and
+eval.json into the run dir.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from mnist_lit.errors import UserError, report_user_errors
+
+NUM_CLASSES = 10
+
+
+@dataclass
+class Evaluation:
+    """A network's class probabilities on a labelled set, and the scores derived from them."""
+
+    probs: torch.Tensor  # (N, 10)
+    labels: torch.Tensor  # (N,)
+    loss: float  # mean cross-entropy
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.probs.argmax(1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """The probability the network gave its own prediction."""
+        return self.probs.max(1).values
+
+    @property
+    def accuracy(self) -> float:
+        return (self.predicted == self.labels).float().mean().item()
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        """(10, 10) counts: row = true digit, column = predicted digit."""
+        pairs = self.labels * NUM_CLASSES + self.predicted
+        return torch.bincount(pairs, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+    @property
+    def per_class_accuracy(self) -> torch.Tensor:
+        confusion = self.confusion
+        return confusion.diag() / confusion.sum(1).clamp(min=1)
+
+    def most_confident_errors(self, count: int) -> torch.Tensor:
+        """Indices of up to `count` misclassified examples, the most confidently wrong first."""
+        wrong = torch.nonzero(self.predicted != self.labels).flatten()
+        order = self.confidence[wrong].argsort(descending=True)
+        return wrong[order[:count]]
+
+
+@torch.inference_mode()
+def evaluate_net(
+    net: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000
+) -> Evaluation:
+    """The network's probabilities on (N, 784) features, in eval mode (restored afterwards), on the CPU."""
+    was_training = net.training
+    net.eval()
+    try:
+        logits = torch.cat([net(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
+    finally:
+        net.train(was_training)
+    logits, labels = logits.float().cpu(), labels.cpu()
+    loss = F.cross_entropy(logits, labels).item()
+    return Evaluation(probs=logits.softmax(1), labels=labels, loss=loss)
+
+
+def unnormalize(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """(N, 784) features -> (N, 28, 28) pixels in [0, 1], for display."""
+    from mnist_lit.data import MNIST_MEAN, MNIST_STD
+
+    x = features.float().cpu()
+    if normalize:
+        x = x * MNIST_STD + MNIST_MEAN
+    return x.reshape(-1, 28, 28).clamp(0, 1)
+
+
+def load_test_set(root: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official 10k test images (uint8, N x 28 x 28) and labels; an error says how to point at them."""
+    from mnist_lit.data import load_mnist
+
+    try:
+        return load_mnist(root, train=False, download=download)
+    except UserError as err:
+        raise UserError(
+            f"{err} (The run's own data.root is used unless you pass data.root=<folder>.)"
+        ) from None
+
+
+def writable(folder: Path, key: str) -> None:
+    """Create `folder` if needed; a UserError naming `key` when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".mnist_lit_write_test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"cannot write into {folder} ({err.strerror}); pass {key}=<a writable folder>."
+        ) from None
+
+
+def report(result: Evaluation) -> str:
+    """The console summary: overall scores and a per-digit table."""
+    confusion = result.confusion
+    lines = [
+        f"test accuracy {result.accuracy:.2%} ({int(confusion.diag().sum())}/{len(result.labels)})   "
+        f"test loss {result.loss:.4f}",
+        "",
+        "digit  count  accuracy  most often mistaken for",
+    ]
+    for digit in range(NUM_CLASSES):
+        row = confusion[digit].clone()
+        total = int(row.sum())
+        row[digit] = 0
+        mistaken = f"{int(row.argmax())} ({int(row.max())}x)" if row.max() > 0 else "-"
+        acc = f"{result.per_class_accuracy[digit]:.2%}" if total else "-"
+        lines.append(f"{digit:>5}  {total:>5}  {acc:>8}  {mistaken}")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate the run's checkpoint on the test set, print the scores, write the figures and eval.json."""
+    from mnist_lit.checkpoint import load_run
+    from mnist_lit.data import to_features
+    from mnist_lit.plots import confusion_matrix_figure, misclassified_figure, save
+
+    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))
+    root = run.data_root(cfg.data.get("root"))
+    images, labels = load_test_set(root, cfg.data.get("download", False))
+    result = evaluate_net(run.net, to_features(images, run.normalize), labels)
+    out_dir = Path(cfg.get("output_dir") or run.run_dir)
+    writable(out_dir, "output_dir")
+
+    worst = result.most_confident_errors(cfg.misclassified)
+    files = {
+        "confusion_matrix": save(
+            confusion_matrix_figure(
+                result.confusion,
+                f"Confusion matrix on the MNIST test set (accuracy {result.accuracy:.2%})\n"
+                f"{run.checkpoint.name}",
+            ),
+            out_dir / "confusion_matrix.png",
+        ),
+        "misclassified": save(
+            misclassified_figure(
+                images[worst],
+                labels[worst],
+                result.predicted[worst],
+                result.confidence[worst],
+                worst,
+                title=f"The {len(worst)} most confidently misclassified test digits "
+                f"({int((result.predicted != result.labels).sum())} errors in {len(labels)})",
+            ),
+            out_dir / "misclassified.png",
+        ),
+    }
+    summary = {
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "data_root": root,
+        "num_examples": len(labels),
+        "test_acc": result.accuracy,
+        "test_loss": result.loss,
+        "per_class": {
+            str(d): {"count": int(result.confusion[d].sum()), "accuracy": result.per_class_accuracy[d].item()}
+            for d in range(NUM_CLASSES)
+        },
+        "confusion_matrix": result.confusion.tolist(),
+        "misclassified": [
+            {
+                "index": int(i),
+                "label": int(labels[i]),
+                "predicted": int(result.predicted[i]),
+                "confidence": round(result.confidence[i].item(), 6),
+            }
+            for i in worst
+        ],
+        "files": {name: str(path) for name, path in files.items()},
+    }
+    files["eval"] = out_dir / "eval.json"
+    files["eval"].write_text(json.dumps(summary, indent=2) + "\n")
+
+    print(
+        f"run         {run.run_dir}\ncheckpoint  {run.checkpoint}\n"
+        f"test set    {len(labels)} digits from {root}\n"
+    )
+    print(report(result))
+    print(f"\nwrote {', '.join(p.name for p in files.values())} to {out_dir}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Export a trained run for inference without mnist-lit (see README):
+`python -m mnist_lit.export run_dir=<run> format=onnx` (or `format=torchscript`).
+
+The exported model takes `pixels`, float32 (N, 28, 28) in [0, 1] (a light digit on black, as MNIST and
+`mnist_lit.preprocess.to_mnist` make them), and returns `probabilities`, float32 (N, 10): the run's pixel
+scaling and the softmax are part of it. After writing, the file is loaded back with its own runtime
+(onnxruntime, torch.jit) and its probabilities on the official test digits are compared with PyTorch's.
+
+ONNX goes through torch.onnx.export's torch.export-based ("dynamo") exporter, the default since torch 2.9;
+it needs the `onnxscript` package (`pip install -e ".[export]"`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from mnist_lit.errors import UserError, report_user_errors
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+TOLERANCE = 1e-5
+ONNX_OPSET = 18
+
+
+class ProbabilityModel(nn.Module):
+    """pixels (N, 28, 28) in [0, 1] -> probabilities (N, 10): the run's scaling, its network and a softmax."""
+
+    def __init__(self, net: nn.Module, normalize: bool):
+        from mnist_lit.data import MNIST_MEAN, MNIST_STD
+
+        super().__init__()
+        self.net = net
+        self.normalize = normalize
+        self.mean, self.std = MNIST_MEAN, MNIST_STD
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.reshape(pixels.shape[0], 28 * 28)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        return self.net(x).softmax(dim=1)
+
+
+def metadata(run, fmt: str) -> dict[str, str]:
+    return {
+        "producer": "mnist-lit",
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "input": "pixels: float32 [N, 28, 28], values in [0, 1], light digit on black (MNIST style)",
+        "output": "probabilities: float32 [N, 10], of the digits 0-9",
+        "format": fmt,
+    }
+
+
+def export_onnx(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (the exporter needs it; failing here gives the better message)
+    except ImportError as err:
+        raise UserError(
+            f"format=onnx needs the onnx and onnxscript packages ({err}). Install them with "
+            'pip install -e ".[export]" (or pip install onnx onnxscript onnxruntime).'
+        ) from None
+    example = torch.rand(2, 28, 28)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=["pixels"],
+        output_names=["probabilities"],
+        dynamic_shapes={"pixels": {0: batch}},
+        opset_version=ONNX_OPSET,
+        dynamo=True,
+        verbose=False,
+    )
+    proto = program.model_proto
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def export_torchscript(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
+    with warnings.catch_warnings():
+        # torch 2.14 marks TorchScript deprecated (README: prefer ONNX); it still works and is asked for
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, torch.rand(2, 28, 28))
+        torch.jit.save(traced, str(path), _extra_files={"mnist_lit.json": json.dumps(meta)})
+
+
+def run_exported(path: Path, fmt: str, pixels: torch.Tensor) -> torch.Tensor:
+    """The exported file's probabilities for `pixels`, computed by its own runtime."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError(
+                "checking the ONNX file needs onnxruntime: "
+                'pip install -e ".[export]" (or pip install onnxruntime).'
+            ) from None
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (probs,) = session.run(["probabilities"], {"pixels": pixels.numpy()})
+        return torch.from_numpy(probs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    with torch.inference_mode():
+        return loaded(pixels)
+
+
+def export(cfg: DictConfig) -> dict:
+    """Export the run's network, check the file against PyTorch on test digits; print and return the check."""
+    from mnist_lit.checkpoint import load_run
+    from mnist_lit.evaluate import load_test_set, writable
+
+    fmt = str(cfg.format).lower()
+    if fmt not in FORMATS:
+        raise UserError(f"format={cfg.format} is not known; choose one of {', '.join(FORMATS)}.")
+    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))
+    images, _ = load_test_set(run.data_root(cfg.data.get("root")), cfg.data.get("download", False))
+    pixels = images[: cfg.check_digits].float() / 255
+
+    model = ProbabilityModel(run.net, run.normalize).eval()
+    path = Path(cfg.get("output") or run.run_dir / FORMATS[fmt])
+    writable(path.parent, "output")
+    meta = metadata(run, fmt)
+    if fmt == "onnx":
+        export_onnx(model, path, meta)
+    else:
+        export_torchscript(model, path, meta)
+
+    with torch.inference_mode():
+        expected = model(pixels)
+    got = run_exported(path, fmt, pixels)
+    diff = (got - expected).abs().max().item()
+    same = int((got.argmax(1) == expected.argmax(1)).sum())
+    check = {
+        "file": str(path),
+        "format": fmt,
+        "checkpoint": str(run.checkpoint),
+        "digits": len(pixels),
+        "max_abs_diff": diff,
+        "same_prediction": same,
+        "ok": diff < TOLERANCE,
+    }
+    print(f"exported {path} ({fmt}, {path.stat().st_size / 1e6:.2f} MB) from {run.checkpoint}")
+    print("  input  pixels: float32 [N, 28, 28] in [0, 1], light digit on black (as MNIST)")
+    print("  output probabilities: float32 [N, 10]")
+    print(
+        f"check on {len(pixels)} MNIST test digits: max |p_{fmt} - p_torch| = {diff:.2e} "
+        f"({'<' if check['ok'] else 'NOT <'} {TOLERANCE:g}); same predicted digit for {same}/{len(pixels)}"
+    )
+    if not check["ok"]:
+        raise UserError(
+            f"the exported model {path} differs from the PyTorch model by up to {diff:.2e} in probability "
+            f"(tolerance {TOLERANCE:g}); do not use it. Report this with the run's config."
+        )
+    return check
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

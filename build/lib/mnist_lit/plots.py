@@ -1,0 +1,268 @@
+"""Figures a person looks at (learning curves, confusion matrix, misclassified digits, predictions), and the
+callbacks that draw them during training: `curves.png` in the run dir, confusion matrix and misclassified
+digits in TensorBoard.
+
+Figures are built with matplotlib's object API (no pyplot): no GUI backend, no global figure state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+
+DPI = 120
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def learning_curves_figure(history: Sequence[dict]) -> Figure:
+    """Train/val loss and train/val accuracy per epoch (the tutorial's two plots), side by side.
+
+    `history` holds one dict per epoch: {"epoch": 1-based, "train/loss", "train/acc", "val/loss", "val/acc"},
+    any of the metrics possibly missing (validation skipped, run interrupted).
+    """
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "acc", "Accuracy")):
+        for split, style in (("train", "o-"), ("val", "s--")):
+            points = [
+                (h["epoch"], h[f"{split}/{metric}"])
+                for h in history
+                if h.get(f"{split}/{metric}") is not None
+            ]
+            if points:
+                x, y = zip(*points, strict=True)
+                label = "training" if split == "train" else "validation"
+                ax.plot(x, y, style, label=label, linewidth=2, markersize=5)
+        ax.set_title(f"{title} per epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cross-entropy loss" if metric == "loss" else "accuracy")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if metric == "acc":
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    return fig
+
+
+def confusion_matrix_figure(confusion: torch.Tensor, title: str = "Confusion matrix") -> Figure:
+    """Counts of (true, predicted) digits; the colour is on a log scale so that rare confusions show."""
+    from matplotlib.colors import LogNorm
+
+    counts = confusion.cpu().numpy()
+    n = counts.shape[0]
+    fig = Figure(figsize=(7.5, 6.5), layout="constrained")
+    ax = fig.subplots()
+    shown = np.ma.masked_equal(counts, 0)
+    image = ax.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(int(counts.max()), 2)))
+    colorbar = fig.colorbar(image, ax=ax, shrink=0.85)
+    colorbar.set_label("number of test digits (log scale)")
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                dark = counts[i, j] > np.sqrt(max(counts.max(), 1))
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if dark else "black",
+                    fontweight="bold" if i == j else "normal",
+                )
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("true digit")
+    ax.set_title(title)
+    return fig
+
+
+def confusion_matrix_image(confusion: torch.Tensor, title: str, cell: int = 56) -> np.ndarray:
+    """The confusion matrix as a uint8 (H, W, 3) image drawn with Pillow, for TensorBoard at the end of a run.
+
+    Same content as confusion_matrix_figure (counts in log-scaled blue cells, true digits down, predicted
+    across) in a few milliseconds: matplotlib takes about a second to lay out and render that figure.
+    """
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw, ImageFont
+
+    counts = confusion.cpu().numpy()
+    n = counts.shape[0]
+    shade = np.log(np.maximum(counts, 1)) / np.log(max(int(counts.max()), 2))
+    colours = (colormaps["Blues"](shade)[..., :3] * 255).astype(np.uint8)
+    font, small = ImageFont.load_default(size=cell // 3), ImageFont.load_default(size=cell // 4)
+    left, top = cell, cell + cell // 2
+    image = Image.new("RGB", (left + n * cell + cell // 2, top + n * cell + cell), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, cell // 4), title, fill="black", font=font)
+    for i in range(n):
+        draw.text((left // 2, top + i * cell + cell // 2), str(i), fill="black", font=font, anchor="mm")
+        draw.text((left + i * cell + cell // 2, top + n * cell + cell // 4), str(i), fill="black", font=font,
+                  anchor="mt")
+        for j in range(n):
+            x, y = left + j * cell, top + i * cell
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=tuple(int(c) for c in colours[i, j]))
+            if counts[i, j]:
+                dark = counts[i, j] > np.sqrt(max(counts.max(), 1))
+                draw.text((x + cell // 2, y + cell // 2), str(counts[i, j]), font=small, anchor="mm",
+                          fill="white" if dark else "black")
+    draw.text((left + n * cell // 2, top + n * cell + 3 * cell // 4), "predicted digit", fill="black",
+              font=small, anchor="mm")
+    draw.text((4, top - cell // 3), "true", fill="black", font=small)
+    return np.asarray(image)
+
+
+def digits_figure(
+    images: torch.Tensor,
+    captions: Sequence[str],
+    title: str,
+    ncols: int = 6,
+    colours: Sequence[str] | None = None,
+) -> Figure:
+    """A grid of 28x28 digits (uint8 or [0, 1]), dark ink on white as on paper, a caption over each."""
+    count = len(images)
+    ncols = max(1, min(ncols, count))
+    nrows = max(1, -(-count // ncols))
+    fig = Figure(figsize=(1.75 * ncols, 1.95 * nrows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    pixels = images.float().cpu()
+    if count and pixels.max() > 1:  # an empty set (nothing misclassified) has no max
+        pixels = pixels / 255
+    for k, ax in enumerate(axes):
+        if k >= count:
+            ax.axis("off")
+            continue
+        ax.imshow(pixels[k].reshape(28, 28).numpy(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(captions[k], fontsize=9, color=colours[k] if colours else "black")
+        # a light frame shows the 28x28 field the digit sits in
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_color("0.8")
+    if count == 0:
+        axes[0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=14, transform=axes[0].transAxes)
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def misclassified_figure(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    confidence: torch.Tensor,
+    indices: torch.Tensor,
+    title: str = "Most confidently misclassified test digits",
+) -> Figure:
+    """The given wrongly classified digits, each captioned with its true and predicted label."""
+    captions = [
+        f"true {int(t)}, predicted {int(p)}\n{float(c):.1%} sure · #{int(i)}"
+        for t, p, c, i in zip(labels, predicted, confidence, indices, strict=True)
+    ]
+    return digits_figure(images, captions, title, colours=["firebrick"] * len(captions))
+
+
+def predictions_figure(
+    images: torch.Tensor, captions: Sequence[str], title: str = "What the model saw"
+) -> Figure:
+    """The 28x28 inputs the model was given (after preprocessing), with their predictions."""
+    return digits_figure(images, captions, title)
+
+
+class LearningCurves(pl.Callback):
+    """Keeps train/val loss and accuracy of every epoch and draws them into `<dirpath>/<filename>` after fit.
+
+    The history is part of the checkpoint, so a resumed run draws its whole training.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "curves.png"):
+        self.path = Path(dirpath) / filename
+        self.history: list[dict] = []
+
+    def _record(self, epoch: int, metrics: dict, prefix: str) -> None:
+        values = {k: float(v) for k, v in metrics.items() if k in (f"{prefix}/loss", f"{prefix}/acc")}
+        if not values:
+            return
+        entry = next((h for h in self.history if h["epoch"] == epoch), None)
+        if entry is None:
+            entry = {"epoch": epoch}
+            self.history.append(entry)
+            self.history.sort(key=lambda h: h["epoch"])
+        entry.update(values)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # runs before the checkpoint is saved, so the checkpoint holds this epoch's validation scores
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._record(trainer.current_epoch + 1, trainer.callback_metrics, "val")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the module logs an epoch's training scores after every callback's on_train_epoch_end has run
+        if trainer.current_epoch > 0:
+            self._record(trainer.current_epoch, trainer.callback_metrics, "train")
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        progress = trainer.fit_loop.epoch_progress.current
+        if progress.processed > progress.completed:
+            # saved at the end of a training epoch (ModelCheckpoint's usual moment): its training scores
+            # are logged by now, and belong in the checkpoint's history
+            self._record(trainer.current_epoch + 1, trainer.callback_metrics, "train")
+            if "callbacks" in checkpoint:  # absent from weights-only checkpoints
+                checkpoint["callbacks"][self.state_key] = self.state_dict()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._record(trainer.current_epoch, trainer.callback_metrics, "train")
+        if trainer.is_global_zero and self.history:
+            save(learning_curves_figure(self.history), self.path)
+
+    def state_dict(self) -> dict:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class LogTestImages(pl.Callback):
+    """After testing, logs the confusion matrix and the most confidently misclassified test digits to
+    TensorBoard."""
+
+    def __init__(self, count: int = 36):
+        self.count = count
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from mnist_lit.callbacks import labelled_grid
+        from mnist_lit.evaluate import evaluate_net, unnormalize
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        dm = trainer.datamodule
+        if not loggers or not trainer.is_global_zero or getattr(dm, "test_x", None) is None:
+            return
+        result = evaluate_net(pl_module.net, dm.test_x, dm.test_y)
+        worst = result.most_confident_errors(self.count)
+        images = unnormalize(dm.test_x[worst], dm.normalize)
+        matrix = confusion_matrix_image(result.confusion, f"Confusion matrix: test accuracy {result.accuracy:.2%}")
+        # a Pillow grid, "true>predicted" on each digit: drawing 36 matplotlib panels takes seconds at the
+        # end of every run (`python -m mnist_lit.evaluate` draws the captioned figure into the run dir)
+        captions = [f"{int(t)}>{int(p)}" for t, p in zip(result.labels[worst], result.predicted[worst])]
+        grid = labelled_grid(images, captions, nrow=6, scale=3) if len(captions) else None
+        for lg in loggers:
+            lg.experiment.add_image("test/confusion_matrix", matrix, global_step=trainer.global_step,
+                                    dataformats="HWC")
+            if grid is not None:
+                lg.experiment.add_image("test/misclassified", grid, global_step=trainer.global_step)

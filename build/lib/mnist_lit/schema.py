@@ -1,0 +1,108 @@
+"""The config schema: the type of every key (Hydra checks it while composing) and the allowed values.
+
+`train_schema` is registered in Hydra's ConfigStore and heads conf/train.yaml's defaults list, so a wrong
+type (`data.batch_size=abc`), an unknown key (`+data.foo=1`) or an unknown group option (`data=foo`) is
+refused by Hydra itself, before anything runs. The YAML files stay the one place for default values:
+fields here are MISSING. Values of the right type but outside the allowed range are refused by `validate`;
+checks that the objects already make on construction (data sizes, hidden sizes, dropout) are theirs.
+A key added to a YAML file must be added here too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List  # noqa: UP035 (OmegaConf reads these annotations)
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mnist_lit.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    _target_: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    val_size: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    steps_per_execution: int = MISSING
+    normalize: bool = MISSING
+    split_seed: int = MISSING
+
+
+@dataclass
+class NetConfig:
+    _target_: str = MISSING
+    input_size: int = MISSING
+    hidden_sizes: List[int] = MISSING  # noqa: UP006
+    num_classes: int = MISSING
+    dropout: float = MISSING
+    init: str = MISSING
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    net: NetConfig = MISSING
+    # any torch optimizer / scheduler / augmentation, each with its own keys
+    optimizer: Dict[str, Any] = MISSING  # noqa: UP006
+    # Any, not Optional[Dict]: OmegaConf 2.3 fails on `model.scheduler={...}` over a typed null
+    scheduler: Any = None
+    augment: Any = None
+    label_smoothing: float = MISSING
+    num_classes: int = MISSING
+    compile: bool = False
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    # Lightning's Trainer arguments are many; its own checks name the bad one
+    trainer: Dict[str, Any] = MISSING  # noqa: UP006
+    callbacks: Any = field(default_factory=dict)
+    logger: Any = field(default_factory=dict)
+    seed: int = MISSING
+    ckpt_path: str | None = None
+    resume: str | None = None
+    test: bool = True
+    threads: int | None = None
+    optimized_metric: str | None = None
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def _positive_number(value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise a UserError naming the key, its value and what is allowed, for values the types let through."""
+    try:  # keys added with `+` bypass Hydra's check; a merge into the schema (as plain dicts) finds them
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg))
+    except OmegaConfBaseException as err:
+        raise UserError(
+            f"invalid config: {err.full_key}: {str(err).splitlines()[0]}. See every key and its value with "
+            "python -m mnist_lit.train --cfg job."
+        ) from None
+    problems = []
+    if not 0 <= cfg.seed < 2**32:
+        problems.append(f"seed={cfg.seed}: must be between 0 and {2**32 - 1}")
+    if cfg.get("threads") is not None and cfg.threads <= 0:
+        problems.append(f"threads={cfg.threads}: must be a positive integer (or null: one per core)")
+    if "lr" in cfg.model.optimizer and not _positive_number(cfg.model.optimizer.lr):
+        problems.append(f"model.optimizer.lr={cfg.model.optimizer.lr!r}: must be a number > 0, e.g. 1e-3")
+    if not 0.0 <= cfg.model.label_smoothing <= 1.0:
+        problems.append(f"model.label_smoothing={cfg.model.label_smoothing}: must be in [0, 1]")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and (not isinstance(max_epochs, int) or isinstance(max_epochs, bool)
+                                   or not (max_epochs > 0 or max_epochs == -1)):
+        problems.append(f"trainer.max_epochs={max_epochs!r}: must be a positive integer (or -1: no limit)")
+    if problems:
+        raise UserError("invalid config: " + "; ".join(problems) + ".")

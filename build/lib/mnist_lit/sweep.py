@@ -1,0 +1,78 @@
+"""A training job inside a Hydra sweep: a failing job is recorded and the sweep goes on with the others."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from hydra.errors import CompactHydraException
+
+from mnist_lit.errors import RunStopped, user_error_of
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class JobFailed(CompactHydraException):
+    """One sweep job's error, handed to Hydra as a plain exception (Hydra prints only its message)."""
+
+
+class TrialPruned(CompactHydraException):
+    """[optuna hook] An Optuna trial its pruner stopped (metrics.json: status pruned); the sweeper tells Optuna."""
+
+
+def error_message(err: BaseException) -> str:
+    user_error = user_error_of(err)
+    return str(user_error) if user_error is not None else f"{type(err).__name__}: {err}"
+
+
+def record_failure(out_dir: Path, err: BaseException) -> None:
+    """Leave metrics.json with status "failed" and the error, unless the run already wrote its own status."""
+    path = out_dir / "metrics.json"
+    if not path.is_file():
+        path.write_text(json.dumps({"status": "failed", "error": error_message(err)}, indent=2) + "\n")
+
+
+def keep_sweeping(task: Callable[..., T]) -> Callable[..., T]:
+    """Wraps a Hydra task function so that, in a multirun, one job's error does not end the sweep.
+
+    report_user_errors (outside this wrapper) turns a UserError into a SystemExit, which Hydra does not
+    catch: it would stop the sweep at the failing job. In a multirun the error reaches it as a JobFailed
+    instead, which it lets through; Hydra's launchers (basic, joblib, submitit) record the job as failed,
+    run the remaining jobs, and the sweep exits with that error at the end; the Optuna sweeper marks the
+    trial failed. A single run, and an interrupted job (Ctrl-C stops the whole sweep), are unchanged.
+    """
+
+    @functools.wraps(task)
+    def wrapper(cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return task(cfg)
+        try:
+            return task(cfg)
+        except Exception as err:
+            if isinstance(err, RunStopped) and err.status == "interrupted":
+                raise
+            if isinstance(err, RunStopped) and err.status == "pruned":  # [optuna hook] not a failure
+                log.info("job %s: %s", hydra_cfg.job.num, err)
+                raise TrialPruned(str(err)) from None
+            from lightning.pytorch.utilities import rank_zero_only
+
+            out_dir = Path(hydra_cfg.runtime.output_dir)
+            if rank_zero_only.rank == 0:
+                record_failure(out_dir, err)
+            log.error("job %s failed: %s", hydra_cfg.job.num, error_message(err))
+            # `from None`: report_user_errors looks for a UserError among the causes and would exit
+            raise JobFailed(
+                f"job {hydra_cfg.job.num} failed: {error_message(err)} ({out_dir}/metrics.json). The other "
+                f"jobs ran on; see them all with: python -m mnist_lit.summarize {hydra_cfg.sweep.dir}"
+            ) from None
+
+    return wrapper
