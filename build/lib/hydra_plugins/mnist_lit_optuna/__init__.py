@@ -1,4 +1,0 @@
-"""mnist-lit's Optuna sweeper for Hydra (`hydra/sweeper=mnist_optuna`): current Optuna through ask-and-tell.
-
-Hydra imports every module under hydra_plugins/ at start-up, so this one imports optuna only when a sweep runs.
-"""
