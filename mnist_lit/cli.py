@@ -18,6 +18,12 @@ def expand_resume(args: list[str]) -> list[str]:
     if not found:
         return args
     run_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
+    if {"-m", "--multirun"} & set(args):  # [optuna hook] an Optuna search's folder: continue its study
+        from mnist_lit.study import resume_search
+
+        search = resume_search(run_dir, [a for i, a in enumerate(args) if i not in found])
+        if search is not None:
+            return search
     last = run_dir / "checkpoints" / "last.ckpt"
 
     def key(arg: str) -> str:
