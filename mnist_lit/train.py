@@ -81,7 +81,7 @@ def _train(cfg: DictConfig, stop) -> dict:
         if stop.signum is not None:  # a signal during the last validation: training is complete, but stop
             raise Interrupted(stop.signum, str(last_checkpoint_path(trainer)))
         fit_seconds = time.perf_counter() - start
-        metrics = final_metrics(trainer, model)
+        metrics = record.previous | final_metrics(trainer, model)
         if cfg.get("test", True):
             # the best-on-validation weights, loaded without unpickling arbitrary objects
             trainer.test(model, datamodule=datamodule, ckpt_path=record.best_checkpoint, weights_only=True,
