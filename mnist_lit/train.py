@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit import __version__
 from mnist_lit.errors import RunStopped, UserError, report_user_errors, user_error_of
+from mnist_lit.runs import cluster_plugins, continue_attempts, expand_sweep_resume  # hooks: issue #13
 from mnist_lit.schema import validate  # importing it registers the config schema
 from mnist_lit.sweep import keep_sweeping
 
@@ -140,6 +141,8 @@ def write_metrics(out_dir: Path, metrics: dict) -> None:
 def expand_resume(args: list[str]) -> list[str]:
     """`resume=<run dir>` on the command line -> that run's own overrides, its folder as the run dir and its
     last.ckpt, then this command's other arguments (which win). Hydra then records the whole config."""
+    if {"-m", "--multirun"} & set(args):  # #13: resume=<sweep dir>
+        return expand_sweep_resume(args)
     found = [i for i, a in enumerate(args) if a.startswith("resume=")]
     if not found:
         return args
@@ -151,8 +154,6 @@ def expand_resume(args: list[str]) -> list[str]:
     if not last.is_file():
         raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
                         "first checkpoint, or ran with callbacks=none): start it again instead.")
-    if {"-m", "--multirun"} & set(args):
-        raise UserError("resume= continues one run; it cannot be combined with --multirun.")
 
     def key(arg: str) -> str:
         return arg.split("=", 1)[0].lstrip("+~")
@@ -217,8 +218,9 @@ def _train(cfg: DictConfig, stop) -> dict:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # not options: whatever the config, a run that stops early keeps its work (mnist_lit/reliability.py)
     callbacks += [stop, StopOnDivergence(), ResumeExactly()]
-    trainer: pl.Trainer = build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    trainer: pl.Trainer = build(  # #13: cluster_plugins() switches Lightning's SLURM auto-requeue off
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
     if trainer.strategy.root_device.type == "cpu":
         # Lightning sets this so that CUDA checks never initialise CUDA before a fork; without a GPU the
@@ -317,6 +319,7 @@ SINGLE_RUN_DONE = False  # set by a completed run without -m: nothing else of th
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @report_user_errors
 @keep_sweeping
+@continue_attempts  # #13: a sweep job continues its own earlier attempt
 def main(cfg: DictConfig) -> float | None:
     global SINGLE_RUN_DONE
     metrics = train(cfg)

@@ -1,0 +1,267 @@
+"""Run folders and attempts (mnist_lit/runs.py): folders never collide, sweeps resume, SLURM requeues continue.
+
+The `slurm` tests need a running SLURM (`sudo bash scripts/slurm_local.sh start`, as .ci/run does); they
+are skipped, with the reason, where there is none.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import yaml
+from conftest import PROJECT, SYNTHETIC_OVERRIDES, compose, run_cli
+from omegaconf import OmegaConf
+
+from mnist_lit.errors import RunStopped, UserError
+from mnist_lit.runs import expand_sweep_resume, prepare_attempt
+
+TESTS = Path(__file__).resolve().parent
+ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(PROJECT), str(TESTS)])}
+# 16 optimizer steps an epoch, one per training_step, so that there is a middle of an epoch to stop in
+RUN = [*SYNTHETIC_OVERRIDES, "data.steps_per_execution=1", "trainer.max_epochs=2", "trainer.deterministic=true",
+       "~callbacks.test_images", "~callbacks.sample_digits", "threads=1"]
+COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epochs", "steps")
+
+
+class PauseJob(pl.Callback):
+    """Test helper: sweep job `job` writes `marker` (its SLURM job id inside) at (epoch, batch) and waits
+    until the test removes it, so that the test's signal lands at a known step."""
+
+    def __init__(self, job: int, epoch: int, batch: int, marker: str):
+        self.job, self.epoch, self.batch, self.marker = job, epoch, batch, Path(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.get().job.num == self.job and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            slurm_id = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+            self.marker.write_text(slurm_id)
+            deadline = time.monotonic() + 120
+            while self.marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+
+def pause(job: int, epoch: int, batch: int, marker: Path) -> list[str]:
+    return [f"+callbacks.pause._target_={__name__}.PauseJob", f"+callbacks.pause.job={job}",
+            f"+callbacks.pause.epoch={epoch}", f"+callbacks.pause.batch={batch}", f"+callbacks.pause.marker={marker}"]
+
+
+def popen_train(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mnist_lit.train", *args], cwd=PROJECT, env={**os.environ, **ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 240) -> str:
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[1][-3000:]
+    time.sleep(0.05)  # the id is written just after the file appears
+    return marker.read_text()
+
+
+def compared(job_dir: Path) -> dict:
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    return {k: metrics[k] for k in COMPARED} | {"best": Path(metrics["best_checkpoint"]).name}
+
+
+def one_run_of_checkpoints(job_dir: Path) -> None:
+    """The folder holds one run's checkpoints: last.ckpt and the best one, no last-v1.ckpt, no stale best."""
+    best = Path(json.loads((job_dir / "metrics.json").read_text())["best_checkpoint"]).name
+    assert sorted(p.name for p in (job_dir / "checkpoints").iterdir()) == sorted(["last.ckpt", best])
+
+
+# ------------------------------------------------------------------------------------------- run folders
+
+def test_two_runs_started_in_the_same_second_get_two_folders(synthetic_root, tmp_path):
+    # a run folder named to the day: both runs are sure to get the same name, and so to collide
+    runs = tmp_path / "runs"
+    args = [f"data.root={synthetic_root}", *SYNTHETIC_OVERRIDES, "trainer.max_epochs=1", "callbacks=none",
+            "test=false", "threads=1", f"hydra.run.dir={runs}/" + "${now:%Y-%m-%d}"]
+    procs = [popen_train(*args, f"seed={seed}") for seed in (1, 2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    folders = sorted(runs.iterdir())
+    assert [p.name for p in folders] == [time.strftime("%Y-%m-%d"), time.strftime("%Y-%m-%d") + "_1"]
+    seeds = {json.loads((p / "metrics.json").read_text())["seed"] for p in folders}
+    assert seeds == {1, 2}  # each folder holds one run, not a mix of the two
+    for p in folders:
+        assert yaml.safe_load((p / ".hydra" / "config.yaml").read_text())["seed"] == json.loads(
+            (p / "metrics.json").read_text())["seed"]
+
+
+def test_a_folder_holding_another_run_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text('{"status": "completed"}\n')
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    proc = run_cli("mnist_lit.train", f"hydra.run.dir={run}", "data.root=nowhere", timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"hydra.run.dir={run} already holds another run" in proc.stderr
+    assert f"resume={run}" in proc.stderr  # names the way to continue it instead
+    assert (run / "metrics.json").read_text() == '{"status": "completed"}\n'  # nothing lost
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json"]
+
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sweep" / "multirun.yaml").write_text("{}\n")
+    proc = run_cli("mnist_lit.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=1,2", timeout=120)
+    assert proc.returncode == 1 and "already holds a sweep" in proc.stderr
+    assert f"-m resume={tmp_path / 'sweep'}" in proc.stderr
+    assert not list((tmp_path / "sweep" / "0").iterdir())
+
+
+# -------------------------------------------------------------------------------------------- attempts
+
+def job_cfg():
+    return compose("train", "data.root=x")
+
+
+def test_an_earlier_attempt_decides_what_the_job_does(tmp_path):
+    # completed: left alone, its metrics returned
+    done = tmp_path / "done"
+    (done / "checkpoints").mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({"status": "completed", "metrics": {"val/acc_best": 0.9}}))
+    cfg = job_cfg()
+    assert prepare_attempt(cfg, done, "job 0")["metrics"] == {"val/acc_best": 0.9}
+    assert cfg.ckpt_path is None
+
+    # interrupted, or killed without a metrics.json: continued from last.ckpt
+    for name, metrics in (("interrupted", {"status": "interrupted", "epochs": 1, "steps": 22}), ("killed", None)):
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        if metrics:
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+        cfg = job_cfg()
+        assert prepare_attempt(cfg, folder, "job 1") is None
+        assert cfg.ckpt_path == str(folder / "checkpoints" / "last.ckpt")
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+
+    # failed, or interrupted before any checkpoint: started clean, the earlier files kept aside
+    failed = tmp_path / "failed"
+    (failed / "checkpoints").mkdir(parents=True)
+    (failed / ".hydra").mkdir()
+    (failed / "checkpoints" / "epoch00-val_acc0.5000.ckpt").write_bytes(b"x")
+    (failed / "metrics.json").write_text(json.dumps({"status": "failed", "error": "disk full"}))
+    (failed / "train.log").write_text("first attempt\n")
+    cfg = job_cfg()
+    assert prepare_attempt(cfg, failed, "job 2") is None and cfg.ckpt_path is None
+    assert sorted(p.name for p in failed.iterdir()) == [".hydra", "previous_attempts", "train.log"]
+    kept = failed / "previous_attempts" / "0"
+    assert (kept / "checkpoints" / "epoch00-val_acc0.5000.ckpt").is_file()
+    assert json.loads((kept / "metrics.json").read_text())["error"] == "disk full"
+
+    # diverged: it would diverge again, so it is not run, and is reported as failed once more
+    diverged = tmp_path / "diverged"
+    diverged.mkdir()
+    (diverged / "metrics.json").write_text(json.dumps({"status": "diverged", "error": "loss NaN"}))
+    with pytest.raises(RunStopped, match="job 3 diverged in an earlier attempt"):
+        prepare_attempt(job_cfg(), diverged, "job 3")
+
+
+def test_sweep_resume_expands_to_the_sweeps_own_overrides(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {
+        "hydra": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=old"],
+        "task": ["seed=1,2,3", "data.root=/data", "resume=older"]}}}), sweep / "multirun.yaml")
+    args = expand_sweep_resume(["-m", f"resume={sweep}", "hydra/launcher=basic"])
+    assert args == ["hydra.launcher.n_jobs=2", "seed=1,2,3", "data.root=/data", f"hydra.sweep.dir='{sweep}'",
+                    f"resume='{sweep}'", "-m", "hydra/launcher=basic"]
+    with pytest.raises(UserError, match="takes only hydra options .* not seed=4"):
+        expand_sweep_resume(["-m", f"resume={sweep}", "seed=4"])
+    with pytest.raises(UserError, match="not a sweep folder"):
+        expand_sweep_resume(["-m", f"resume={tmp_path}"])
+    OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"}}}),
+                   sweep / "multirun.yaml")
+    with pytest.raises(UserError, match="hydra.sweeper.storage"):
+        expand_sweep_resume(["-m", f"resume={sweep}"])
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path):
+    sweep_dir, marker = tmp_path / "sweep", tmp_path / "paused"
+    data = f"data.root={synthetic_root}"
+    # the second job of three is stopped (Ctrl-C to the sweep) in the middle of its first epoch
+    proc = popen_train("-m", data, *RUN, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}", *pause(1, 0, 5, marker))
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGINT)
+    marker.unlink()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert json.loads((sweep_dir / "0" / "metrics.json").read_text())["status"] == "completed"
+    stopped = json.loads((sweep_dir / "1" / "metrics.json").read_text())
+    assert (stopped["status"], stopped["steps"]) == ("interrupted", 6)
+    assert not (sweep_dir / "2").exists()  # never started
+    first = (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns
+
+    resumed = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert "job 0 completed in an earlier attempt: left alone" in log
+    assert f"job 1: continuing its earlier attempt from {sweep_dir / '1' / 'checkpoints' / 'last.ckpt'}" in log
+    assert (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns == first
+    for job in (0, 1, 2):
+        assert json.loads((sweep_dir / str(job) / "metrics.json").read_text())["status"] == "completed"
+        assert yaml.safe_load((sweep_dir / str(job) / ".hydra" / "config.yaml").read_text())["seed"] == job
+    one_run_of_checkpoints(sweep_dir / "1")
+
+    # job 1 ends exactly as an uninterrupted run of its config
+    reference = run_cli("mnist_lit.train", data, *RUN, "seed=1", f"hydra.run.dir={tmp_path / 'ref'}", env=ENV)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert compared(sweep_dir / "1") == compared(tmp_path / "ref")
+    assert compared(sweep_dir / "1")["steps"] == 2 * 16
+
+
+# ----------------------------------------------------------------------------------------------- SLURM
+
+@pytest.fixture(scope="session")
+def slurm():
+    if shutil.which("sbatch") is None:
+        pytest.skip("SLURM is not installed here: sudo bash scripts/slurm_local.sh start installs and starts it")
+    if subprocess.run(["scontrol", "ping"], capture_output=True, text=True).returncode != 0:
+        pytest.skip("SLURM is not running here: sudo bash scripts/slurm_local.sh start")
+
+
+def slurm_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    return next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), "")
+
+
+@pytest.mark.slurm
+def test_slurm_sweep_requeued_mid_epoch_continues_where_it_stopped(slurm, synthetic_root, tmp_path):
+    sweep_dir, marker = tmp_path / "sweep", tmp_path / "paused"
+    # two identical jobs on the SLURM cluster; job 1 is requeued by SLURM in the middle of its second epoch
+    proc = popen_train("-m", f"data.root={synthetic_root}", *RUN, "seed=0,0", f"hydra.sweep.dir={sweep_dir}",
+                       "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
+                       "hydra.launcher.cpus_per_task=1", *pause(1, 1, 5, marker))
+    job_id = wait_for(marker, proc)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    marker.unlink()
+    # a requeued job is held for 120 s by SLURM (fixed); release it as soon as it is pending again
+    deadline = time.monotonic() + 60
+    while slurm_state(job_id) != "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+
+    job0, job1 = sweep_dir / "0", sweep_dir / "1"
+    log = (job1 / "train.log").read_text()
+    assert "SIGTERM received" in (sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.err").read_text()
+    assert f"job 1: continuing its earlier attempt from {job1 / 'checkpoints' / 'last.ckpt'} (epoch 1, step 22)" in log
+    assert "Restoring states from the checkpoint" in log and "auto-requeue" not in log
+    assert compared(job1) == compared(job0)  # as if it had never been stopped
+    assert compared(job1)["steps"] == 2 * 16 and compared(job1)["status"] == "completed"
+    one_run_of_checkpoints(job1)
+
+    summary = run_cli("mnist_lit.summarize", str(sweep_dir), timeout=120)
+    assert summary.returncode == 0 and "2 completed" in summary.stderr, summary.stderr[-3000:]
