@@ -31,30 +31,34 @@ COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epoch
 
 
 class PauseJob(pl.Callback):
-    """Test helper: sweep job `job` writes `marker` (its SLURM job id inside) at (epoch, batch) and waits
-    until the test removes it, so that the test's signal lands at a known step."""
+    """Test helper: each sweep job of `jobs` writes `<folder>/paused<job>` (its SLURM job id inside) at
+    (epoch, batch) and waits until the test removes it, so that the test's signal lands at a known step."""
 
-    def __init__(self, job: int, epoch: int, batch: int, marker: str):
-        self.job, self.epoch, self.batch, self.marker = job, epoch, batch, Path(marker)
+    def __init__(self, jobs: list[int], epoch: int, batch: int, folder: str):
+        self.jobs, self.epoch, self.batch, self.folder = list(jobs), epoch, batch, Path(folder)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         from hydra.core.hydra_config import HydraConfig
 
-        if HydraConfig.get().job.num == self.job and (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            done = self.marker.with_suffix(".done")
-            if done.exists():  # once: a resumed epoch counts its batches from 0 again
-                return
-            slurm_id = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-            self.marker.write_text(slurm_id)
-            deadline = time.monotonic() + 120
-            while self.marker.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            done.touch()
+        job = HydraConfig.get().job.num
+        if job not in self.jobs or (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        marker, done = self.folder / f"paused{job}", self.folder / f"done{job}"
+        if done.exists():  # once: a resumed epoch counts its batches from 0 again
+            return
+        tmp = self.folder / f".paused{job}"
+        tmp.write_text(f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{os.environ.get('SLURM_ARRAY_TASK_ID')}")
+        tmp.rename(marker)
+        deadline = time.monotonic() + 120
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done.touch()
 
 
-def pause(job: int, epoch: int, batch: int, marker: Path) -> list[str]:
-    return [f"+callbacks.pause._target_={__name__}.PauseJob", f"+callbacks.pause.job={job}",
-            f"+callbacks.pause.epoch={epoch}", f"+callbacks.pause.batch={batch}", f"+callbacks.pause.marker={marker}"]
+def pause(jobs: list[int], epoch: int, batch: int, folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [f"+callbacks.pause._target_={__name__}.PauseJob", f"+callbacks.pause.jobs=[{','.join(map(str, jobs))}]",
+            f"+callbacks.pause.epoch={epoch}", f"+callbacks.pause.batch={batch}", f"+callbacks.pause.folder={folder}"]
 
 
 def popen_train(*args: str) -> subprocess.Popen:
@@ -67,7 +71,6 @@ def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 240) -> str:
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), proc.communicate()[1][-3000:]
-    time.sleep(0.05)  # the id is written just after the file appears
     return marker.read_text()
 
 
@@ -192,13 +195,15 @@ def test_sweep_resume_expands_to_the_sweeps_own_overrides(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path):
-    sweep_dir, marker = tmp_path / "sweep", tmp_path / "paused"
+    sweep_dir, pauses = tmp_path / "sweep", tmp_path / "pauses"
     data = f"data.root={synthetic_root}"
+    # job 1 uninterrupted, beside the sweep: what the sweep's job 1 must end with
+    reference = popen_train(data, *RUN, "seed=1", f"hydra.run.dir={tmp_path / 'ref'}")
     # the second job of three is stopped (Ctrl-C to the sweep) in the middle of its first epoch
-    proc = popen_train("-m", data, *RUN, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}", *pause(1, 0, 5, marker))
-    wait_for(marker, proc)
+    proc = popen_train("-m", data, *RUN, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}", *pause([1], 0, 5, pauses))
+    wait_for(pauses / "paused1", proc)
     proc.send_signal(signal.SIGINT)
-    marker.unlink()
+    (pauses / "paused1").unlink()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert json.loads((sweep_dir / "0" / "metrics.json").read_text())["status"] == "completed"
@@ -218,10 +223,9 @@ def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path)
         assert yaml.safe_load((sweep_dir / str(job) / ".hydra" / "config.yaml").read_text())["seed"] == job
     one_run_of_checkpoints(sweep_dir / "1")
 
-    # job 1 ends exactly as an uninterrupted run of its config
-    reference = run_cli("mnist_lit.train", data, *RUN, "seed=1", f"hydra.run.dir={tmp_path / 'ref'}", env=ENV)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    assert compared(sweep_dir / "1") == compared(tmp_path / "ref")
+    out, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err[-3000:]
+    assert compared(sweep_dir / "1") == compared(tmp_path / "ref")  # as if it had never been stopped
     assert compared(sweep_dir / "1")["steps"] == 2 * 16
 
 
@@ -240,36 +244,54 @@ def slurm_state(job_id: str) -> str:
     return next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), "")
 
 
-@pytest.mark.slurm
-def test_slurm_sweep_requeued_mid_epoch_continues_where_it_stopped(slurm, synthetic_root, tmp_path):
-    sweep_dir, marker = tmp_path / "sweep", tmp_path / "paused"
-    # two identical jobs on the SLURM cluster; job 1 is requeued by SLURM in the middle of its second epoch
-    proc = popen_train("-m", f"data.root={synthetic_root}", *RUN, "seed=0,0", f"hydra.sweep.dir={sweep_dir}",
-                       "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
-                       "hydra.launcher.cpus_per_task=1", *pause(1, 1, 5, marker))
-    job_id = wait_for(marker, proc)
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
-    # SLURM signals the job a moment later: let it go on once the signal has come, so it stops at this step
-    err_log = sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.err"
+def stop_slurm_job(how: list[str], job_id: str, err_log: Path, marker: Path) -> None:
+    """Signal a paused SLURM job; let it go on once the signal has reached it, so that it stops at this step."""
+    subprocess.run(how, check=True)
     deadline = time.monotonic() + 60
-    while "SIGTERM received" not in err_log.read_text() and time.monotonic() < deadline:
+    while " received: stopping" not in err_log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     marker.unlink()
-    # a requeued job is held for 120 s by SLURM (fixed); release it as soon as it is pending again
+
+
+def release(job_id: str) -> None:
+    """A requeued job is held for 120 s by SLURM (a fixed delay): let it start as soon as it is pending."""
     deadline = time.monotonic() + 60
     while slurm_state(job_id) != "PENDING" and time.monotonic() < deadline:
         time.sleep(0.2)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+
+
+@pytest.mark.slurm
+def test_slurm_jobs_requeued_or_timed_out_mid_epoch_continue_where_they_stopped(slurm, synthetic_root, tmp_path):
+    sweep_dir, pauses = tmp_path / "sweep", tmp_path / "pauses"
+    # three identical jobs on the SLURM cluster, in the middle of their second epoch: job 0 gets submitit's
+    # time-limit/preemption signal (SIGUSR2, then submitit requeues it), job 1 is requeued by SLURM
+    # (scontrol requeue: SIGTERM), job 2 runs through
+    proc = popen_train("-m", f"data.root={synthetic_root}", *RUN, "seed=0,0,0", f"hydra.sweep.dir={sweep_dir}",
+                       "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
+                       "hydra.launcher.cpus_per_task=1", "hydra.launcher.max_num_timeout=3",
+                       *pause([0, 1], 1, 5, pauses))
+    ids = {job: wait_for(pauses / f"paused{job}", proc) for job in (0, 1)}
+    logs = {job: sweep_dir / ".submitit" / ids[job] / f"{ids[job]}_0_log.err" for job in (0, 1)}
+    stop_slurm_job(["scancel", "--signal=USR2", ids[0]], ids[0], logs[0], pauses / "paused0")
+    stop_slurm_job(["scontrol", "requeue", ids[1]], ids[1], logs[1], pauses / "paused1")
+    for job in (0, 1):
+        release(ids[job])
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]
 
-    job0, job1 = sweep_dir / "0", sweep_dir / "1"
-    log = (job1 / "train.log").read_text()
-    assert f"job 1: continuing its earlier attempt from {job1 / 'checkpoints' / 'last.ckpt'} (epoch 1, step 22)" in log
-    assert "Restoring states from the checkpoint" in log and "auto-requeue" not in log
-    assert compared(job1) == compared(job0)  # as if it had never been stopped
-    assert compared(job1)["steps"] == 2 * 16 and compared(job1)["status"] == "completed"
-    one_run_of_checkpoints(job1)
+    assert "SIGUSR2 received" in logs[0].read_text() and "SIGTERM received" in logs[1].read_text()
+    assert "this job is timed-out" in logs[0].read_text()  # submitit's view: its 10 minutes are near their end
+    uninterrupted = compared(sweep_dir / "2")
+    assert uninterrupted["steps"] == 2 * 16 and uninterrupted["status"] == "completed"
+    for job in (0, 1):
+        job_dir = sweep_dir / str(job)
+        log = (job_dir / "train.log").read_text()
+        last = job_dir / "checkpoints" / "last.ckpt"
+        assert f"job {job}: continuing its earlier attempt from {last} (epoch 1, step 22)" in log
+        assert "Restoring states from the checkpoint" in log and "auto-requeue" not in log
+        assert compared(job_dir) == uninterrupted  # as if it had never been stopped
+        one_run_of_checkpoints(job_dir)
 
     summary = run_cli("mnist_lit.summarize", str(sweep_dir), timeout=120)
-    assert summary.returncode == 0 and "2 completed" in summary.stderr, summary.stderr[-3000:]
+    assert summary.returncode == 0 and "3 completed" in summary.stderr, summary.stderr[-3000:]
