@@ -250,4 +250,5 @@ def expand_sweep_resume(args: list[str]) -> list[str]:
     ours = [f"hydra.sweep.dir='{sweep_dir}'", f"resume='{sweep_dir}'"]
     given = {_key(a) for a in ours + rest if "=" in a}
     kept = [o for o in [*sweep.hydra.overrides.hydra, *sweep.hydra.overrides.task] if _key(o) not in given]
-    return kept + ours + rest
+    flags = [a for a in rest if a.startswith("-")]  # Hydra's parser wants its flags before the overrides
+    return flags + kept + ours + [a for a in rest if not a.startswith("-")]

@@ -181,8 +181,8 @@ def test_sweep_resume_expands_to_the_sweeps_own_overrides(tmp_path):
         "hydra": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=old"],
         "task": ["seed=1,2,3", "data.root=/data", "resume=older"]}}}), sweep / "multirun.yaml")
     args = expand_sweep_resume(["-m", f"resume={sweep}", "hydra/launcher=basic"])
-    assert args == ["hydra.launcher.n_jobs=2", "seed=1,2,3", "data.root=/data", f"hydra.sweep.dir='{sweep}'",
-                    f"resume='{sweep}'", "-m", "hydra/launcher=basic"]
+    assert args == ["-m", "hydra.launcher.n_jobs=2", "seed=1,2,3", "data.root=/data", f"hydra.sweep.dir='{sweep}'",
+                    f"resume='{sweep}'", "hydra/launcher=basic"]
     with pytest.raises(UserError, match="takes only hydra options .* not seed=4"):
         expand_sweep_resume(["-m", f"resume={sweep}", "seed=4"])
     with pytest.raises(UserError, match="not a sweep folder"):
@@ -212,11 +212,14 @@ def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path)
     assert not (sweep_dir / "2").exists()  # never started
     first = (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns
 
-    resumed = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", env=ENV, timeout=300)
+    # resumed on another launcher: the two unfinished jobs side by side in joblib's worker processes
+    resumed = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=2", env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    log = resumed.stdout + resumed.stderr
-    assert "job 0 completed in an earlier attempt: left alone" in log
-    assert f"job 1: continuing its earlier attempt from {sweep_dir / '1' / 'checkpoints' / 'last.ckpt'}" in log
+    assert "job 0 completed in an earlier attempt: left alone" in (sweep_dir / "0" / "train.log").read_text()
+    last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
+    assert f"job 1: continuing its earlier attempt from {last} (epoch 0, step 6)" in (
+        sweep_dir / "1" / "train.log").read_text()
     assert (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns == first
     for job in (0, 1, 2):
         assert json.loads((sweep_dir / str(job) / "metrics.json").read_text())["status"] == "completed"
