@@ -47,7 +47,7 @@ write_conf() {
     cat >"$CONF" <<EOF
 $MARK
 ClusterName=mnistlit
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 # no cgroups: plain process tracking works in containers and VMs alike
@@ -73,7 +73,7 @@ StateSaveLocation=$STATE
 SlurmdSpoolDir=$SPOOL
 SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd.log
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -87,14 +87,20 @@ start() {
     fi
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     mkdir -p /run/munge && chown munge:munge /run/munge
-    running munged || runuser -u munge -- /usr/sbin/munged
+    # --force: a munged killed earlier may have left its socket and lock behind
+    running munged || runuser -u munge -- /usr/sbin/munged --force
+    for _ in $(seq 40); do
+        munge -n </dev/null | unmunge >/dev/null 2>&1 && break
+        sleep 0.25
+    done
     running slurmctld || slurmctld
     running slurmd || slurmd
-    # the node answers within a few seconds; a node left DOWN by an earlier stop is brought back
+    # the node answers within a few seconds (a state ending in * is not answering yet); a node left DOWN
+    # by an earlier stop is brought back
     for _ in $(seq 60); do
-        state=$(sinfo -h -N -o %t 2>/dev/null | head -1 || true)
+        state=$(timeout 5 sinfo -h -N -o %t 2>/dev/null | head -1 || true)
         case "$state" in
-            idle* | mix* | alloc*) echo "SLURM is up: $(sinfo -h -o '%P %D node(s) %c CPUs %t')"; return ;;
+            idle | mix | alloc) echo "SLURM is up: $(sinfo -h -o '%P %D node(s) %c CPUs %t')"; return ;;
             down* | drain* | drng*) scontrol update nodename="$(hostname -s)" state=resume 2>/dev/null || true ;;
         esac
         sleep 0.5
@@ -105,14 +111,15 @@ start() {
 
 stop() {
     need_root stop
-    for daemon in slurmd slurmctld; do
-        if running "$daemon"; then pkill -x "$daemon"; fi
+    for daemon in slurmd slurmctld munged; do
+        running "$daemon" || continue
+        pkill -x "$daemon"
+        for _ in $(seq 40); do
+            running "$daemon" || break
+            sleep 0.25
+        done
+        if running "$daemon"; then pkill -KILL -x "$daemon"; fi  # hung (e.g. on a dead munged)
     done
-    for _ in $(seq 40); do
-        running slurmd || running slurmctld || break
-        sleep 0.25
-    done
-    if running munged; then pkill -x munged; fi
     echo "SLURM stopped"
 }
 
