@@ -1,4 +1,5 @@
-"""Run folders and attempts (mnist_lit/runs.py): folders never collide, sweeps resume, SLURM requeues continue.
+"""Run folders and attempts (mnist_lit/runs.py): no two runs share a folder, sweeps resume, requeued SLURM
+jobs continue.
 
 The `slurm` tests need a running SLURM (`sudo bash scripts/slurm_local.sh start`, as .ci/run does); they
 are skipped, with the reason, where there is none.
@@ -25,7 +26,8 @@ from mnist_lit.runs import expand_sweep_resume, prepare_attempt
 TESTS = Path(__file__).resolve().parent
 ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(PROJECT), str(TESTS)])}
 # 16 optimizer steps an epoch, one per training_step, so that there is a middle of an epoch to stop in
-RUN = [*SYNTHETIC_OVERRIDES, "data.steps_per_execution=1", "trainer.max_epochs=2", "trainer.deterministic=true",
+RUN = [*SYNTHETIC_OVERRIDES, "data.steps_per_execution=1", "trainer.max_epochs=2",
+       "trainer.deterministic=true",
        "~callbacks.test_images", "~callbacks.sample_digits", "threads=1"]
 COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epochs", "steps")
 
@@ -57,12 +59,14 @@ class PauseJob(pl.Callback):
 
 def pause(jobs: list[int], epoch: int, batch: int, folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [f"+callbacks.pause._target_={__name__}.PauseJob", f"+callbacks.pause.jobs=[{','.join(map(str, jobs))}]",
-            f"+callbacks.pause.epoch={epoch}", f"+callbacks.pause.batch={batch}", f"+callbacks.pause.folder={folder}"]
+    return [f"+callbacks.pause._target_={__name__}.PauseJob",
+            f"+callbacks.pause.jobs=[{','.join(map(str, jobs))}]", f"+callbacks.pause.epoch={epoch}",
+            f"+callbacks.pause.batch={batch}", f"+callbacks.pause.folder={folder}"]
 
 
 def popen_train(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mnist_lit.train", *args], cwd=PROJECT, env={**os.environ, **ENV},
+    return subprocess.Popen([sys.executable, "-m", "mnist_lit.train", *args], cwd=PROJECT,
+                            env={**os.environ, **ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -141,7 +145,8 @@ def test_an_earlier_attempt_decides_what_the_job_does(tmp_path):
     assert cfg.ckpt_path is None
 
     # interrupted, or killed without a metrics.json: continued from last.ckpt
-    for name, metrics in (("interrupted", {"status": "interrupted", "epochs": 1, "steps": 22}), ("killed", None)):
+    interrupted = {"status": "interrupted", "epochs": 1, "steps": 22}
+    for name, metrics in (("interrupted", interrupted), ("killed", None)):
         folder = tmp_path / name
         (folder / "checkpoints").mkdir(parents=True)
         (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
@@ -181,14 +186,14 @@ def test_sweep_resume_expands_to_the_sweeps_own_overrides(tmp_path):
         "hydra": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=old"],
         "task": ["seed=1,2,3", "data.root=/data", "resume=older"]}}}), sweep / "multirun.yaml")
     args = expand_sweep_resume(["-m", f"resume={sweep}", "hydra/launcher=basic"])
-    assert args == ["-m", "hydra.launcher.n_jobs=2", "seed=1,2,3", "data.root=/data", f"hydra.sweep.dir='{sweep}'",
-                    f"resume='{sweep}'", "hydra/launcher=basic"]
+    assert args == ["-m", "hydra.launcher.n_jobs=2", "seed=1,2,3", "data.root=/data",
+                    f"hydra.sweep.dir='{sweep}'", f"resume='{sweep}'", "hydra/launcher=basic"]
     with pytest.raises(UserError, match="takes only hydra options .* not seed=4"):
         expand_sweep_resume(["-m", f"resume={sweep}", "seed=4"])
     with pytest.raises(UserError, match="not a sweep folder"):
         expand_sweep_resume(["-m", f"resume={tmp_path}"])
-    OmegaConf.save(OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"}}}),
-                   sweep / "multirun.yaml")
+    optuna = {"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"}}}
+    OmegaConf.save(OmegaConf.create(optuna), sweep / "multirun.yaml")
     with pytest.raises(UserError, match="hydra.sweeper.storage"):
         expand_sweep_resume(["-m", f"resume={sweep}"])
 
@@ -200,7 +205,8 @@ def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path)
     # job 1 uninterrupted, beside the sweep: what the sweep's job 1 must end with
     reference = popen_train(data, *RUN, "seed=1", f"hydra.run.dir={tmp_path / 'ref'}")
     # the second job of three is stopped (Ctrl-C to the sweep) in the middle of its first epoch
-    proc = popen_train("-m", data, *RUN, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}", *pause([1], 0, 5, pauses))
+    proc = popen_train("-m", data, *RUN, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}",
+                       *pause([1], 0, 5, pauses))
     wait_for(pauses / "paused1", proc)
     proc.send_signal(signal.SIGINT)
     (pauses / "paused1").unlink()
@@ -225,6 +231,7 @@ def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path)
         assert json.loads((sweep_dir / str(job) / "metrics.json").read_text())["status"] == "completed"
         assert yaml.safe_load((sweep_dir / str(job) / ".hydra" / "config.yaml").read_text())["seed"] == job
     one_run_of_checkpoints(sweep_dir / "1")
+    assert not list(sweep_dir.glob("*/curves.png"))  # sweep jobs leave the figures to TensorBoard
 
     out, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-3000:]
@@ -237,7 +244,7 @@ def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path)
 @pytest.fixture(scope="session")
 def slurm():
     if shutil.which("sbatch") is None:
-        pytest.skip("SLURM is not installed here: sudo bash scripts/slurm_local.sh start installs and starts it")
+        pytest.skip("SLURM is not installed here: sudo bash scripts/slurm_local.sh start installs, starts it")
     if subprocess.run(["scontrol", "ping"], capture_output=True, text=True).returncode != 0:
         pytest.skip("SLURM is not running here: sudo bash scripts/slurm_local.sh start")
 
@@ -248,7 +255,7 @@ def slurm_state(job_id: str) -> str:
 
 
 def stop_slurm_job(how: list[str], job_id: str, err_log: Path, marker: Path) -> None:
-    """Signal a paused SLURM job; let it go on once the signal has reached it, so that it stops at this step."""
+    """Signal a paused SLURM job; let it go on once the signal has reached it, so it stops at this step."""
     subprocess.run(how, check=True)
     deadline = time.monotonic() + 60
     while " received: stopping" not in err_log.read_text() and time.monotonic() < deadline:
@@ -265,12 +272,14 @@ def release(job_id: str) -> None:
 
 
 @pytest.mark.slurm
-def test_slurm_jobs_requeued_or_timed_out_mid_epoch_continue_where_they_stopped(slurm, synthetic_root, tmp_path):
+def test_slurm_jobs_requeued_or_timed_out_mid_epoch_continue_where_they_stopped(slurm, synthetic_root,
+                                                                                 tmp_path):
     sweep_dir, pauses = tmp_path / "sweep", tmp_path / "pauses"
     # three identical jobs on the SLURM cluster, in the middle of their second epoch: job 0 gets submitit's
     # time-limit/preemption signal (SIGUSR2, then submitit requeues it), job 1 is requeued by SLURM
     # (scontrol requeue: SIGTERM), job 2 runs through
-    proc = popen_train("-m", f"data.root={synthetic_root}", *RUN, "seed=0,0,0", f"hydra.sweep.dir={sweep_dir}",
+    proc = popen_train("-m", f"data.root={synthetic_root}", *RUN, "seed=0,0,0",
+                       f"hydra.sweep.dir={sweep_dir}",
                        "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
                        "hydra.launcher.cpus_per_task=1", "hydra.launcher.max_num_timeout=3",
                        *pause([0, 1], 1, 5, pauses))
@@ -284,7 +293,7 @@ def test_slurm_jobs_requeued_or_timed_out_mid_epoch_continue_where_they_stopped(
     assert proc.returncode == 0, err[-3000:]
 
     assert "SIGUSR2 received" in logs[0].read_text() and "SIGTERM received" in logs[1].read_text()
-    assert "this job is timed-out" in logs[0].read_text()  # submitit's view: its 10 minutes are near their end
+    assert "this job is timed-out" in logs[0].read_text()  # submitit's view: near its 10 minutes' end
     uninterrupted = compared(sweep_dir / "2")
     assert uninterrupted["steps"] == 2 * 16 and uninterrupted["status"] == "completed"
     for job in (0, 1):
