@@ -109,7 +109,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(synthetic_root, tmp
             (p / "metrics.json").read_text())["seed"]
 
 
-def test_a_folder_holding_another_run_is_refused(tmp_path):
+def test_a_folder_holding_another_run_is_refused(synthetic_root, tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.json").write_text('{"status": "completed"}\n')
@@ -121,12 +121,41 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
     assert (run / "metrics.json").read_text() == '{"status": "completed"}\n'  # nothing lost
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json"]
 
+    # that run's own resume may write there, and says so (here it then stops at the corrupt checkpoint)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"data.root={synthetic_root}",
+                                                                    "data.download=false"]))
+    proc = run_cli("mnist_lit.train", f"resume={run}", timeout=120)
+    said = f"resume={run}: continuing the run in its own folder from {run}/checkpoints/last.ckpt"
+    assert said in proc.stdout
+    assert proc.returncode == 1 and "last.ckpt" in proc.stderr and "Traceback" not in proc.stderr
+    assert (run / "metrics.json").read_text() == '{"status": "completed"}\n'
+
     (tmp_path / "sweep" / "0").mkdir(parents=True)
     (tmp_path / "sweep" / "multirun.yaml").write_text("{}\n")
     proc = run_cli("mnist_lit.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=1,2", timeout=120)
     assert proc.returncode == 1 and "already holds a sweep" in proc.stderr
     assert f"-m resume={tmp_path / 'sweep'}" in proc.stderr
     assert not list((tmp_path / "sweep" / "0").iterdir())
+
+
+def test_a_sweep_folder_taken_in_the_same_second_is_claimed_anew(tmp_path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mnist_lit.runs import ClaimRunDir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", [f"hydra.sweep.dir={tmp_path}/" + "${now:%Y-%m-%d}"],
+                            return_hydra_config=True)
+    taken = tmp_path / time.strftime("%Y-%m-%d")
+    taken.mkdir()  # another sweep started in the same second
+    ClaimRunDir().on_multirun_start(cfg)
+    assert cfg.hydra.sweep.dir == f"{taken}_1" and (tmp_path / f"{taken.name}_1").is_dir()
+    # the jobs' configs are composed again from the hydra overrides: they must name the claimed folder too
+    assert cfg.hydra.overrides.hydra[-1] == f"hydra.sweep.dir={taken}_1"
 
 
 # -------------------------------------------------------------------------------------------- attempts
