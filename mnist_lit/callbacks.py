@@ -1,26 +1,152 @@
-"""Small callbacks that mnist-lit adds to Lightning's own."""
+"""The callbacks mnist-lit adds to Lightning's own: what a run shows (progress, network summary, curves,
+images) and where its scalars sit on TensorBoard's step axis.
+
+Every scalar and image is logged against optimizer steps (`trainer.global_step`): validation after the first
+epoch of the tutorial at step 1500, whether or not steps are grouped (mnist_lit/fast.py).
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+import warnings
+from pathlib import Path
+
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from mnist_lit.data import to_pixels
 
-def labelled_grid(images: torch.Tensor, labels: list[str], nrow: int = 8, scale: int = 2) -> torch.Tensor:
-    """A (3, H, W) uint8 grid of 28x28 digits with a label drawn in the corner of each."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-    from torchvision.utils import make_grid
+log = logging.getLogger(__name__)
 
-    grid = make_grid(images.reshape(-1, 1, 28, 28).float().cpu(), nrow=nrow, padding=2, pad_value=0.5)
-    pil = Image.fromarray(grid.mul(255).clamp(0, 255).byte().permute(1, 2, 0).numpy())
-    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    draw = ImageDraw.Draw(pil)
-    for i, text in enumerate(labels):
-        row, col = divmod(i, nrow)
-        draw.text((scale * (2 + col * 30) + 2, scale * (2 + row * 30)), text, fill=(255, 64, 64))
-    return torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+
+# Lightning's start-up lines that tell a user nothing about this run
+NOISE = ("💡 Tip", "TPU available", "HPU available", "You are using a CUDA device", "`Trainer.fit` stopped: `max_steps")
+
+
+def quiet_lightning() -> None:
+    """Lightning's log lines go through Hydra's handlers only (the console and train.log), less its noise."""
+    logging.getLogger("lightning").handlers.clear()  # its own handler would print everything twice
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(NOISE)
+
+
+def tensorboards(trainer: pl.Trainer) -> list[TensorBoardLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)] if trainer.is_global_zero else []
+
+
+def steps_per_epoch(trainer: pl.Trainer) -> int:
+    """Optimizer steps in a training epoch (a loader of step groups says how many it holds)."""
+    loader = trainer.train_dataloader
+    steps = getattr(loader, "steps_per_epoch", None)
+    if steps is None:
+        steps = trainer.num_training_batches // trainer.accumulate_grad_batches
+    return int(steps)
+
+
+class StepAxis(pl.Callback):
+    """Puts epoch-end scalars at `global_step` (Lightning logs them at the step before the epoch's last one).
+
+    Lightning's loggers take the step from a logged "step" value when there is one.
+    """
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pl_module.log("step", float(trainer.global_step))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        pl_module.log("step", float(trainer.global_step))
+
+
+class TrainingCurve(pl.Callback):
+    """Every `trainer.log_every_n_steps` optimizer steps: the epoch's running training loss and accuracy so
+    far (`train/loss_running`, `train/acc_running`) and the learning rate (`lr`), at that step.
+
+    Read from the module's on-device sums (one host read per point). The grouped steps of mnist_lit/fast.py
+    hand their points to `log_points` at the end of each group.
+    """
+
+    def __init__(self):
+        self.last_step = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every, step = trainer.log_every_n_steps, trainer.global_step
+        if every and step % every == 0 and step != self.last_step:  # accumulating batches share a step
+            self.last_step = step
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            metrics = pl_module.train_metrics()
+            self.log_points(trainer, [(trainer.global_step, metrics["train/loss"], metrics["train/acc"], lr)])
+
+    @staticmethod
+    def log_points(trainer: pl.Trainer, points) -> None:
+        """Log (step, running loss, running accuracy, lr) points."""
+        for step, loss, acc, lr in points:
+            values = {"train/loss_running": float(loss), "train/acc_running": float(acc), "lr": float(lr)}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=step)
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich's progress bar, counting optimizer steps (1500 an epoch at batch 32) and redrawn about once a
+    second: a redraw costs about as much as a step of this MLP."""
+
+    steps_in_groups = True
+
+    def __init__(self, refresh_rate: int = 10, leave: bool = False, update_seconds: float = 1.0):
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self.update_seconds = update_seconds
+        self._last_update = 0.0
+
+    @property
+    def total_train_batches(self) -> int:
+        return steps_per_epoch(self.trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        if now - self._last_update < self.update_seconds:
+            return
+        self._last_update = now
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()  # a run resumed mid-epoch
+        total = self.total_train_batches
+        done = trainer.global_step - trainer.current_epoch * total
+        self._update(self.train_progress_bar_id, max(0, min(done, total)))
+        self._update_metrics(trainer, pl_module)
+        self.refresh()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._update(self.train_progress_bar_id, self.total_train_batches)
+        super().on_train_epoch_end(trainer, pl_module)
+
+
+class NetworkSummary(pl.Callback):
+    """At the start of fitting, prints the network layer by layer with exact parameter counts (101,770 for
+    the tutorial's 784-128-10 MLP, as Keras' model.summary() shows it)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        net = pl_module.net
+        rows = [(name, type(m).__name__, sum(p.numel() for p in m.parameters(recurse=False)))
+                for name, m in net.named_modules() if name]
+        width = max([len(r[0]) for r in rows] + [5])
+        lines = [f"{'layer':<{width}}  {'type':<12} {'params':>9}"]
+        lines += [f"{name:<{width}}  {kind:<12} {count:>9,}" for name, kind, count in rows]
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in net.parameters())
+        lines.append(f"{type(net).__name__}: {trainable:,} trainable parameters"
+                     + (f" of {total:,}" if total != trainable else ""))
+        log.info("network:\n%s", "\n".join(lines))
 
 
 class LogSampleDigits(pl.Callback):
@@ -30,15 +156,115 @@ class LogSampleDigits(pl.Callback):
         self.count = count
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         dm = trainer.datamodule
-        if not loggers or trainer.global_rank != 0 or getattr(dm, "train_x", None) is None:
+        if not tensorboards(trainer) or getattr(dm, "train_x", None) is None:
             return
-        x, y = dm.train_x[: self.count], dm.train_y[: self.count].tolist()
-        if dm.normalize:
-            from mnist_lit.data import MNIST_MEAN, MNIST_STD
+        from mnist_lit.plots import labelled_grid
 
-            x = x * MNIST_STD + MNIST_MEAN
-        grid = labelled_grid(x, [str(label) for label in y])
-        for lg in loggers:
-            lg.experiment.add_image("samples/train_digits", grid, global_step=0)
+        x, y = dm.train_x[: self.count], dm.train_y[: self.count].tolist()
+        grid = labelled_grid(to_pixels(x, dm.normalize), [str(label) for label in y])
+        for lg in tensorboards(trainer):
+            lg.experiment.add_image("samples/train_digits", grid, global_step=trainer.global_step)
+
+
+class LearningCurves(pl.Callback):
+    """Keeps train/val loss and accuracy of every epoch and draws them into `<dirpath>/<filename>` after fit.
+
+    The history is part of the checkpoint, so a resumed run draws its whole training.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "curves.png"):
+        self.path = Path(dirpath) / filename
+        self.history: list[dict] = []
+
+    def _record(self, epoch: int, values: dict) -> None:
+        entry = next((h for h in self.history if h["epoch"] == epoch), None)
+        if entry is None:
+            entry = {"epoch": epoch}
+            self.history.append(entry)
+            self.history.sort(key=lambda h: h["epoch"])
+        entry.update({k: float(v) for k, v in values.items()})
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # validation follows the epoch's last step and precedes its checkpoint: both scores are known here
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = trainer.callback_metrics
+        values = {k: metrics[k] for k in ("val/loss", "val/acc") if k in metrics}
+        self._record(trainer.current_epoch + 1, {**pl_module.train_metrics(), **values})
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.history:
+            from mnist_lit.plots import learning_curves_figure, save
+
+            save(learning_curves_figure(self.history), self.path)
+
+    def state_dict(self) -> dict:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class LogTestImages(pl.Callback):
+    """After testing, logs the confusion matrix and the most confidently misclassified test digits to
+    TensorBoard."""
+
+    def __init__(self, count: int = 36):
+        self.count = count
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = trainer.datamodule
+        if not tensorboards(trainer) or getattr(dm, "test_x", None) is None:
+            return
+        from mnist_lit.plots import confusion_matrix_image, labelled_grid
+        from mnist_lit.scoring import evaluate_net
+
+        result = evaluate_net(pl_module.net, dm.test_x, dm.test_y)
+        worst = result.most_confident_errors(self.count)
+        matrix = confusion_matrix_image(result.confusion, f"Confusion matrix: test accuracy {result.accuracy:.2%}")
+        # "true>predicted" on each digit (`python -m mnist_lit.evaluate` draws the captioned figure)
+        captions = [f"{int(t)}>{int(p)}" for t, p in zip(result.labels[worst], result.predicted[worst])]
+        grid = labelled_grid(to_pixels(dm.test_x[worst], dm.normalize), captions, nrow=6, scale=3) if captions else None
+        for lg in tensorboards(trainer):
+            lg.experiment.add_image("test/confusion_matrix", matrix, global_step=trainer.global_step,
+                                    dataformats="HWC")
+            if grid is not None:
+                lg.experiment.add_image("test/misclassified", grid, global_step=trainer.global_step)
+
+
+
+# plumbing that does not change results: where the data is, how it is batched for speed, eval batch size
+NOT_HPARAMS = {"root", "download", "eval_batch_size", "num_classes", "input_size", "fused", "foreach",
+               "capturable", "total_steps", "cycle_momentum", "image_size"}
+
+
+def result_hparams(cfg) -> dict:
+    """What changes a run's results, flat (`optimizer/lr`, `net/hidden_sizes`, ...), for TensorBoard's HPARAMS."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    flat = {"seed": cfg.seed, "data/batch_size": cfg.data.batch_size, "data/normalize": cfg.data.normalize,
+            "trainer/max_epochs": cfg.trainer.get("max_epochs")}
+    for part in ("net", "optimizer", "scheduler", "augment"):
+        node = model.get(part)
+        if not isinstance(node, dict):
+            flat[part] = "none"
+            continue
+        flat[f"{part}/class"] = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+        flat.update({f"{part}/{k}": v for k, v in node.items() if not k.startswith("_") and k not in NOT_HPARAMS})
+    flat.update({f"model/{k}": v for k, v in model.items()
+                 if not isinstance(v, (dict, list)) and not k.startswith("_") and k not in NOT_HPARAMS})
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
+def log_hparams(trainer: pl.Trainer, cfg, metric_names: list[str]) -> None:
+    """Write the HPARAMS table; its metric columns read the scalars the run already logged."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    for logger in tensorboards(trainer):
+        # the logger's own writer is closed once fit and test end; a new one appends to the same run
+        with SummaryWriter(logger.log_dir) as writer:
+            for summary in hparams(result_hparams(cfg), {name: 0.0 for name in metric_names}):
+                writer.file_writer.add_summary(summary)

@@ -1,5 +1,9 @@
 """Load a trained run safely: its own saved config, a checkpoint's weights, and the network built from both.
 
+The one way into a run folder: whatever reads its checkpoints, `.hydra/config.yaml` or recorded
+`.hydra/overrides.yaml` (evaluate, predict, export, a distillation teacher, `resume=`) goes through here, so
+nothing read from a run folder ever runs code: checkpoints are unpickled weights-only, YAML is read safely,
+and configs and overrides may name only the targets of mnist_lit/allowlist.py.
 Every step turns the user's possible mistakes into a UserError that names the file and the fix:
 
 - `resolve_run_dir(path)`: a run folder (or `latest`), refusing sweep folders and folders that are no run;
@@ -7,8 +11,11 @@ Every step turns the user's possible mistakes into a UserError that names the fi
   missing, truncated, corrupt and foreign files get their own message;
 - `load_state_into(module, state_dict)`: loads a (sub)module's weights, naming every layer whose shape
   differs between the checkpoint and the model (a checkpoint of another architecture);
+- `load_config(run_dir)`: the run's `.hydra/config.yaml`, refused if it names a target outside the allowlist;
+- `read_recorded_overrides(run_dir)`: the run's recorded command-line overrides, for `resume=`, refused
+  likewise (and any Hydra setting, command-line flag or config group option that is no file of conf/);
 - `load_run(run_dir=..., ckpt_path=...)`: all of the above, returning a `Run` (config, network in eval
-  mode on the CPU, checkpoint path) for evaluate, predict and export.
+  mode on the CPU, checkpoint path) for evaluate, predict, export and a teacher.
 """
 
 from __future__ import annotations
@@ -17,16 +24,23 @@ import json
 import pickle
 import re
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
+from mnist_lit.allowlist import check_network, check_override, check_tree
 from mnist_lit.errors import UserError
 
+if TYPE_CHECKING:  # torch is imported where it is used: `resume=` refuses a hostile folder before it
+    import torch
+    from torch import nn
+
 CONFIG_FILE = Path(".hydra") / "config.yaml"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 RUNS_DIR = Path("logs") / "train" / "runs"
 
 
@@ -143,6 +157,8 @@ def find_run_dir(ckpt_path: Path) -> Path | None:
 
 def read_checkpoint(path: str | Path) -> dict:
     """A Lightning checkpoint's contents, loaded with weights_only=True (no arbitrary pickled code runs)."""
+    import torch
+
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(
@@ -213,6 +229,7 @@ def load_state_into(
 
 
 def load_config(run_dir: Path) -> DictConfig:
+    """The run's composed config, refused if it names any target outside the allowlist (anywhere in it)."""
     path = run_dir / CONFIG_FILE
     try:
         cfg = OmegaConf.load(path)
@@ -222,21 +239,39 @@ def load_config(run_dir: Path) -> DictConfig:
         ) from err
     if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.net") is None:
         raise UserError(f"the run's config {path} has no model.net: it is not an mnist_lit.train config.")
+    check_tree(OmegaConf.to_container(cfg, resolve=False), str(path))
+    check_network(OmegaConf.select(cfg, "model.net._target_"), str(path), "model.net._target_")
     return cfg
 
 
-def build_net(cfg: DictConfig, source: str) -> nn.Module:
-    """The network described by cfg.model.net, with fresh weights."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
+def read_recorded_overrides(run_dir: Path, replaced: Collection[str] = ()) -> list[str]:
+    """The command-line overrides the run recorded (.hydra/overrides.yaml), for `resume=` to repeat, except
+    those of the keys in `replaced` (given anew by the user, who may trust a target the check would refuse);
+    refused when one names a target outside the allowlist, changes Hydra's settings or is not plain."""
+    path = run_dir / OVERRIDES_FILE
+    if not path.is_file():
+        raise UserError(f"resume={run_dir}: not a training run folder (no .hydra/overrides.yaml). Pass the "
+                        "folder of the run to continue, e.g. resume=logs/train/runs/<date_time>.")
     try:
-        return instantiate(cfg.model.net)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, UserError):
-            raise cause from None
-        raise UserError(f"the network of {source} cannot be built: {err}") from err
+        # plain YAML: OmegaConf would resolve interpolations in the lines while reading them
+        recorded = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"the run's recorded overrides {path} cannot be read ({err}). Restore the file from "
+                        "the original run, or start the run again.") from err
+    if not isinstance(recorded, list):
+        raise UserError(f"the run's recorded overrides {path} are not a list of overrides. Restore the file "
+                        "from the original run, or start the run again.")
+    kept = [o for o in recorded if not (isinstance(o, str) and o.split("=", 1)[0].lstrip("+~") in replaced)]
+    for override in kept:
+        check_override(override, str(path))
+    return kept
+
+
+def build_net(cfg: DictConfig, source: str) -> nn.Module:
+    """The network described by cfg.model.net (allowlisted by load_config), with fresh weights."""
+    from mnist_lit.building import build
+
+    return build(cfg.model.net, f"model.net of {source}")
 
 
 def load_run(run_dir: str | Path | None = None, ckpt_path: str | Path | None = None) -> Run:
@@ -268,3 +303,12 @@ def load_run(run_dir: str | Path | None = None, ckpt_path: str | Path | None = N
     state = ckpt_state if run_dir is None else read_checkpoint(ckpt)
     load_state_into(net, state["state_dict"], prefix="net.", source=f"checkpoint {ckpt}")
     return Run(cfg=cfg, net=net.eval(), checkpoint=ckpt, run_dir=folder)
+
+
+def check_fits(path: str | Path, net: nn.Module) -> None:
+    """Refuse a checkpoint to train on that cannot be read safely or that holds another network."""
+    state = read_checkpoint(path)  # weights-only: pickled code is refused, never run
+    try:
+        load_state_into(net, state["state_dict"], prefix="net.", source=f"ckpt_path={path}")
+    except UserError as err:
+        raise UserError(f"{err} To continue a run with its own config: resume=<its run folder>.") from None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -102,6 +100,14 @@ def to_features(images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     return x
 
 
+def to_pixels(features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """(N, 784) features -> (N, 28, 28) pixels in [0, 1] on the CPU: the inverse of to_features, for display."""
+    x = features.float().cpu()
+    if normalize:
+        x = x * MNIST_STD + MNIST_MEAN
+    return x.reshape(-1, 28, 28).clamp(0, 1)
+
+
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of range(n) into (train, val) index tensors."""
     if not 0 < val_size < n:
@@ -116,6 +122,7 @@ class TensorBatches:
     Shuffling uses a permutation drawn on the tensors' own device from (seed, epoch), so an epoch's order
     is reproducible and a resumed run sees the same batches. Under DDP each process takes every
     world_size-th example of the permutation, so the processes see disjoint, equally long shards.
+    `resume_at(epoch, done)` makes that epoch's next iteration start after its first `done` batches.
     """
 
     def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -128,11 +135,15 @@ class TensorBatches:
         # than the per-batch gathers cost time.
         self.gather_epoch = x.is_cuda if gather_epoch is None else gather_epoch
         self.epoch = 0
+        self.resume: tuple[int, int] | None = None
         # Lightning calls set_epoch on a loader's `sampler` at the start of every epoch.
         self.sampler, self.batch_sampler = self, None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, done: int) -> None:
+        self.resume = (epoch, done)
 
     def _num_items(self) -> int:
         n = len(self.x)
@@ -143,69 +154,32 @@ class TensorBatches:
         return -(-self._num_items() // self.batch_size)
 
     def __iter__(self):
-        n = len(self.x)
+        skip = 0
+        if self.resume is not None and self.resume[0] == self.epoch:
+            skip, self.resume = self.resume[1], None
+        batches = self._batches()
+        for _ in range(skip):
+            next(batches, None)
+        yield from batches
+
+    def _batches(self):
+        n, size = len(self.x), self.batch_size
         if self.shuffle:
             gen = torch.Generator(device=self.x.device).manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=gen, device=self.x.device)
             order = order[self.rank : self._num_items() * self.world_size : self.world_size]
             if self.gather_epoch:
                 x, y = self.x[order], self.y[order]
-                for i in range(0, len(order), self.batch_size):
-                    yield x[i : i + self.batch_size], y[i : i + self.batch_size]
+                for i in range(0, len(order), size):
+                    yield x[i : i + size], y[i : i + size]
                 return
-            for i in range(0, len(order), self.batch_size):
-                idx = order[i : i + self.batch_size]
+            for i in range(0, len(order), size):
+                idx = order[i : i + size]
                 yield self.x[idx], self.y[idx]
-        elif self.world_size == 1:
-            for i in range(0, n, self.batch_size):
-                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
         else:
             x, y = self.x[self.rank :: self.world_size], self.y[self.rank :: self.world_size]
-            for i in range(0, len(x), self.batch_size):
-                yield x[i : i + self.batch_size], y[i : i + self.batch_size]
-
-
-class StepGroups:
-    """Groups consecutive batches into lists of `size`: one Lightning training_step runs them all.
-
-    This is Keras' `steps_per_execution`: Lightning's per-batch bookkeeping (hooks, loops, progress)
-    costs about as much as a whole optimizer step of this small MLP, so it is paid once per group.
-    The batches and their order are exactly those of `batches`.
-
-    It is resumable (Lightning saves `state_dict` in checkpoints): a run resumed mid-epoch continues with
-    the epoch's next group. `trained` tells how many groups of the current epoch training has finished;
-    the count of groups yielded is no use, since Lightning fetches one group ahead.
-    """
-
-    def __init__(self, batches: TensorBatches, size: int, trained: Callable[[], int] | None = None):
-        self.batches, self.size, self.trained = batches, size, trained
-        self.sampler, self.batch_sampler = batches, None
-        self.skip = 0  # groups to leave out of the next iteration (set when resuming)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.batches.epoch, "groups_trained": self.trained() if self.trained else 0}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.batches.set_epoch(state["epoch"])
-        self.skip = state["groups_trained"]
-
-    def __len__(self) -> int:
-        return -(-len(self.batches) // self.size)
-
-    def steps(self, groups: int) -> int:
-        """Optimizer steps (minibatches) in the first `groups` groups of an epoch."""
-        return min(groups * self.size, len(self.batches))
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        group = []
-        for batch in itertools.islice(self.batches, skip * self.size, None):
-            group.append(batch)
-            if len(group) == self.size:
-                yield group
-                group = []
-        if group:
-            yield group
+            for i in range(0, len(x), size):
+                yield x[i : i + size], y[i : i + size]
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -224,19 +198,18 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1000,
         normalize: bool = False,
         split_seed: int = 42,
-        steps_per_execution: int = 1,
     ):
         super().__init__()
-        if batch_size <= 0 or eval_batch_size <= 0 or steps_per_execution <= 0:
+        if batch_size <= 0 or eval_batch_size <= 0:
             raise UserError(
-                f"data.batch_size={batch_size}, data.eval_batch_size={eval_batch_size} and "
-                f"data.steps_per_execution={steps_per_execution} must all be positive integers."
+                f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must both be positive integers."
             )
         if not 0 < val_size < NUM_TRAIN:
             raise UserError(f"data.val_size={val_size} is not allowed: it must be between 1 and {NUM_TRAIN - 1}.")
         self.root, self.download = root, download
         self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
-        self.normalize, self.split_seed, self.steps_per_execution = normalize, split_seed, steps_per_execution
+        self.normalize, self.split_seed = normalize, split_seed
+        self.resume: tuple[int, int] | None = None
         self.train_x = self.train_y = self.val_x = self.val_y = self.test_x = self.test_y = None
 
     def prepare_data(self) -> None:
@@ -267,14 +240,20 @@ class MNISTDataModule(pl.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return TensorBatches(x, y, batch_size, shuffle, seed=self.split_seed, rank=rank, world_size=world)
 
-    def train_dataloader(self) -> StepGroups:
+    def train_dataloader(self) -> TensorBatches:
         batches = self._batches(self.train_x, self.train_y, self.batch_size, shuffle=True)
-        return StepGroups(batches, self.steps_per_execution, trained=self._groups_trained)
+        if self.resume is not None:
+            batches.resume_at(*self.resume)
+        self.resume = None
+        return batches
 
-    def _groups_trained(self) -> int:
-        # training_steps the fit loop has finished in this epoch (`processed`: also right inside
-        # on_train_batch_end, where a signal's checkpoint is saved)
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
+    def resume_at(self, epoch: int, done: int) -> None:
+        """Start training in `epoch` after its first `done` batches (a run resumed mid-epoch)."""
+        self.resume = (epoch, done)
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        if hasattr(loader, "resume_at"):  # already made (a schedule asked for the fit's length)
+            loader.resume_at(epoch, done)
+            self.resume = None
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches(self.val_x, self.val_y, self.eval_batch_size, shuffle=False)

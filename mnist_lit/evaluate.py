@@ -7,84 +7,13 @@ eval.json into the run dir.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch import nn
 
 from mnist_lit.errors import UserError, report_user_errors
-
-NUM_CLASSES = 10
-
-
-@dataclass
-class Evaluation:
-    """A network's class probabilities on a labelled set, and the scores derived from them."""
-
-    probs: torch.Tensor  # (N, 10)
-    labels: torch.Tensor  # (N,)
-    loss: float  # mean cross-entropy
-
-    @property
-    def predicted(self) -> torch.Tensor:
-        return self.probs.argmax(1)
-
-    @property
-    def confidence(self) -> torch.Tensor:
-        """The probability the network gave its own prediction."""
-        return self.probs.max(1).values
-
-    @property
-    def accuracy(self) -> float:
-        return (self.predicted == self.labels).float().mean().item()
-
-    @property
-    def confusion(self) -> torch.Tensor:
-        """(10, 10) counts: row = true digit, column = predicted digit."""
-        pairs = self.labels * NUM_CLASSES + self.predicted
-        return torch.bincount(pairs, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
-
-    @property
-    def per_class_accuracy(self) -> torch.Tensor:
-        confusion = self.confusion
-        return confusion.diag() / confusion.sum(1).clamp(min=1)
-
-    def most_confident_errors(self, count: int) -> torch.Tensor:
-        """Indices of up to `count` misclassified examples, the most confidently wrong first."""
-        wrong = torch.nonzero(self.predicted != self.labels).flatten()
-        order = self.confidence[wrong].argsort(descending=True)
-        return wrong[order[:count]]
-
-
-@torch.inference_mode()
-def evaluate_net(
-    net: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000
-) -> Evaluation:
-    """The network's probabilities on (N, 784) features, in eval mode (restored afterwards), on the CPU."""
-    was_training = net.training
-    net.eval()
-    try:
-        logits = torch.cat([net(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
-    finally:
-        net.train(was_training)
-    logits, labels = logits.float().cpu(), labels.cpu()
-    loss = F.cross_entropy(logits, labels).item()
-    return Evaluation(probs=logits.softmax(1), labels=labels, loss=loss)
-
-
-def unnormalize(features: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """(N, 784) features -> (N, 28, 28) pixels in [0, 1], for display."""
-    from mnist_lit.data import MNIST_MEAN, MNIST_STD
-
-    x = features.float().cpu()
-    if normalize:
-        x = x * MNIST_STD + MNIST_MEAN
-    return x.reshape(-1, 28, 28).clamp(0, 1)
-
+from mnist_lit.scoring import NUM_CLASSES, Evaluation, evaluate_net
 
 def load_test_set(root: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The official 10k test images (uint8, N x 28 x 28) and labels; an error says how to point at them."""
@@ -133,10 +62,11 @@ def report(result: Evaluation) -> str:
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the run's checkpoint on the test set, print the scores, write the figures and eval.json."""
     from mnist_lit.checkpoint import load_run
+
+    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))  # a hostile run is refused before Lightning is
     from mnist_lit.data import to_features
     from mnist_lit.plots import confusion_matrix_figure, misclassified_figure, save
 
-    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))
     root = run.data_root(cfg.data.get("root"))
     images, labels = load_test_set(root, cfg.data.get("download", False))
     result = evaluate_net(run.net, to_features(images, run.normalize), labels)

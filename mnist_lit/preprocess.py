@@ -16,6 +16,7 @@ at the centre. A network trained on them only recognises inputs made the same wa
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,17 @@ def open_image(path: str | Path):
         size = path.stat().st_size
         if size == 0:
             raise UserError(f"{path}: the file is empty (0 bytes).")
-        image = Image.open(path)
-        image.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced size, much faster for photos
-        image.load()
+        with warnings.catch_warnings():
+            # a picture over Pillow's pixel limit is refused, not decoded into gigabytes of memory
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            image.draft("L", (WORK_SIZE, WORK_SIZE))  # JPEG: decode at a reduced size, much faster for photos
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UserError(
+            f"{path}: the image declares more pixels than mnist-lit decodes ({err}); it is not a digit "
+            "picture (or is a decompression bomb). Use a photo or scan of at most a few megapixels."
+        ) from None
     except UnidentifiedImageError:
         raise UserError(
             f"{path}: not an image file (Pillow does not recognise its format; use PNG or JPEG)."

@@ -1,18 +1,19 @@
 """Runs that stop early lose nothing: signals, divergence and failed writes end a run cleanly.
 
-- `StopOnSignal`: SIGINT (Ctrl-C) or SIGTERM asks training to stop after the current training_step (a group
-  of optimizer steps); it then saves a resumable `last.ckpt` and raises `Interrupted`. A second Ctrl-C
-  stops at once (the last checkpoint is then the one of the last epoch end).
+- `StopOnSignal`: SIGINT (Ctrl-C) or SIGTERM asks training to stop after the current training batch (with
+  fast=true a group of optimizer steps); it then saves a resumable `last.ckpt` and raises `Interrupted`.
+  A second Ctrl-C stops at once (the last checkpoint is then the one of the last epoch end).
 - `StopOnDivergence`: a NaN, infinite or exploding training loss raises `Diverged` before any checkpoint
   of the broken weights is written; the best checkpoint so far stays.
-- `ResumeExactly`: keeps the random number generators in the checkpoint, so that a resumed run draws
-  what the uninterrupted one would have.
+- `ResumeExactly`: keeps the random number generators and the loader's place in the epoch in the
+  checkpoint, so that a resumed run draws what the uninterrupted one would have.
 - `AtomicCheckpointIO`: writes a checkpoint under a temporary name and renames it, so a crash or a full
   disk never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mnist_lit.errors import UserError
+from mnist_lit.errors import RunStopped, UserError, user_error_of
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class StopOnSignal(pl.Callback):
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    steps_in_groups = True
 
     def __init__(self):
         self.signum: int | None = None
@@ -96,17 +98,30 @@ class StopOnSignal(pl.Callback):
 
 
 class StopOnDivergence(pl.Callback):
-    """Stops when the epoch's mean training loss (summed on the device) is NaN, infinite or above `LIMIT`.
+    """Stops when the epoch's running training loss is NaN, infinite or above `LIMIT`, checked every `every`
+    optimizer steps (one host read each).
 
     Adam bounds each update by the learning rate, so a far too large one (lr=1e3) sends the loss to huge
     but finite values rather than to NaN; guessing scores ln(10) = 2.3, and no run comes back from 100.
-    One host read per training_step, i.e. per data.steps_per_execution optimizer steps, not per step.
     """
 
     LIMIT = 100.0
+    steps_in_groups = True  # checks at the first batch end past each multiple of `every`
+
+    def __init__(self, every: int = 50):
+        self.every, self.next_check = every, every
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = float(pl_module.train_sums[0]) / max(pl_module.train_count, 1)
+        if trainer.global_step >= self.next_check:
+            self.next_check = (trainer.global_step // self.every + 1) * self.every
+            self.check(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # before the epoch's checkpoint
+            self.check(trainer, pl_module)
+
+    def check(self, trainer, pl_module) -> None:
+        loss = float(pl_module.train_metrics()["train/loss"])
         if trainer.strategy.reduce_boolean_decision(not loss <= self.LIMIT, all=False):  # NaN fails <= too
             raise Diverged(
                 f"training diverged: the mean training loss of epoch {trainer.current_epoch} reached "
@@ -119,11 +134,25 @@ class ResumeExactly(pl.Callback):
     """What a resumed run needs to end as the uninterrupted one would have.
 
     - the random number generators (dropout, augmentation), saved with every checkpoint;
-    - the training loader's position in the epoch, also when a schedule set the data up early;
+    - the training loader's position in the epoch: a run resumed mid-epoch starts after the batches
+      already trained (the datamodule's `resume_at`);
     - with ckpt_path=<another run's checkpoint>, that run's best checkpoint: it is copied into this run's
       checkpoints/ and ModelCheckpoint's record is moved with it (Lightning keeps no best score across
       folders), so the best epoch is still chosen among all epochs, those before the resume included.
     """
+
+    steps_in_groups = True
+
+    def __init__(self):
+        self.trainer: pl.Trainer | None = None
+        self.epoch_start_step, self.resumed_epoch = 0, None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch != self.resumed_epoch:
+            self.epoch_start_step = trainer.global_step
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         cb = trainer.checkpoint_callback
@@ -147,21 +176,15 @@ class ResumeExactly(pl.Callback):
                      kth_best_model_path=str(new / Path(state["kth_best_model_path"]).name)
                      if state.get("kth_best_model_path") else "")
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        # Lightning gives the training loader its saved position when it sets up the training data after
-        # loading the checkpoint; `trainer.estimated_stepping_batches` in configure_optimizers (a schedule
-        # over the whole fit) sets the data up before that, and the position would be lost: give it now,
-        # and restart the iterator (which has already fetched a group from the wrong place)
-        loop = trainer.fit_loop
-        if loop._combined_loader_states_to_load and loop._data_fetcher is not None:
-            loop._load_combined_loader_states()
-            iter(loop._data_fetcher)
-
     def state_dict(self) -> dict[str, Any]:
         # torch's generators only: numpy and Python states are not tensors, which weights-only loading refuses
-        state = {"torch": torch.get_rng_state()}
+        state: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            state.update(epoch=trainer.current_epoch, epoch_start_step=self.epoch_start_step,
+                         batches_done=(trainer.global_step - self.epoch_start_step) * trainer.accumulate_grad_batches)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -169,6 +192,10 @@ class ResumeExactly(pl.Callback):
         cuda = state_dict.get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        if "epoch" in state_dict and hasattr(datamodule, "resume_at"):
+            self.resumed_epoch, self.epoch_start_step = state_dict["epoch"], state_dict["epoch_start_step"]
+            datamodule.resume_at(self.resumed_epoch, state_dict["batches_done"])
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -194,3 +221,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"could not write checkpoint {path}: {err.strerror or err}. Free some disk space or write "
                 "the run elsewhere (hydra.run.dir=<a writable folder>); the previous checkpoints are intact."
             ) from err
+
+
+def end_early(err: BaseException, stop: StopOnSignal, record, fit_seconds: float, lr) -> None:
+    """Write metrics.json for a run that did not complete and raise what the user should see.
+
+    Interrupted (a signal): status "interrupted" and how to resume; diverged: status "diverged" with the best
+    checkpoint kept; anything else: status "failed", and the error itself goes on.
+    """
+    trainer = record.trainer
+    if isinstance(err, Interrupted) or (isinstance(err, SystemExit) and stop.signum is not None):
+        # SystemExit: Lightning's own stop after a second Ctrl-C, or its SIGTERM check at an epoch end
+        checkpoint = err.checkpoint if isinstance(err, Interrupted) else str(last_checkpoint_path(trainer))
+        signum = stop.signum or signal.SIGINT
+        name, code = signal.Signals(signum).name, 128 + signum
+        if checkpoint is None or not Path(checkpoint).is_file():
+            record.write("interrupted", fit_seconds, {}, resume_checkpoint=None)
+            raise RunStopped(f"interrupted by {name} before the first checkpoint; nothing to resume from: "
+                             "run the command again.", "interrupted", code) from None
+        record.write("interrupted", fit_seconds, {}, resume_checkpoint=checkpoint)
+        raise RunStopped(
+            f"interrupted by {name} in epoch {trainer.current_epoch} after {trainer.global_step} optimizer "
+            f"steps; saved the resumable checkpoint {checkpoint} (metrics.json: status interrupted). Continue "
+            f"the run with: python -m mnist_lit.train resume={record.path.parent}", "interrupted", code) from None
+    if isinstance(err, Diverged):
+        record.write("diverged", fit_seconds, {}, error=str(err))
+        best = record.best_checkpoint
+        kept = f"The best checkpoint so far is kept: {best}" if best else "No epoch finished: no checkpoint"
+        raise RunStopped(f"{err}; stopped (metrics.json: status diverged). {kept}. Lower the learning rate "
+                         f"(model.optimizer.lr={lr}; the tutorial's is 1e-3).", "diverged") from None
+    if isinstance(err, Exception):
+        with contextlib.suppress(Exception):  # the error itself is what the user must see
+            record.write("failed", fit_seconds, {}, error=str(user_error_of(err) or repr(err)))

@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -27,9 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
+from mnist_lit.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
 from mnist_lit.errors import RunStopped, UserError
 
 log = logging.getLogger(__name__)
@@ -225,6 +228,39 @@ def _key(arg: str) -> str:
     return arg.split("=", 1)[0].lstrip("+~")
 
 
+# the recorded Hydra options a resumed sweep repeats: the launcher and its resources. Others (a launcher's
+# `setup` lines, `_target_`s, callbacks, search paths) could run code, and a sweep folder may come from anyone
+LAUNCHER_GROUPS = {"hydra/launcher", "hydra/sweeper"}
+LAUNCHER_KEYS = {
+    "timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name", "partition",
+    "qos", "comment", "constraint", "exclude", "gres", "cpus_per_gpu", "gpus_per_task", "mem_per_gpu",
+    "mem_per_cpu", "account", "array_parallelism", "max_num_timeout", "signal_delay_s", "n_jobs", "backend",
+    "prefer", "verbose", "pre_dispatch", "batch_size",
+}
+
+
+def check_recorded(override: str, source: str) -> None:
+    """Refuse a recorded sweep override that could run code (mnist_lit.allowlist's rules, for each value of
+    a sweep; for Hydra's options, only the launcher and its resources)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key = _key(override)
+    if key.split("/")[0].split(".")[0] == "hydra":
+        value = override.split("=", 1)[1] if "=" in override else ""
+        resource = key.removeprefix("hydra.launcher.") in LAUNCHER_KEYS
+        known = key in LAUNCHER_GROUPS | SAFE_HYDRA_KEYS or resource
+        if not (known and re.fullmatch(r"[\w.@:/-]*", value)):
+            raise refusal(source, f"the sweep's recorded option {override!r} is not repeated (only the "
+                                  "launcher and its resources are); give it on the command line if you trust "
+                                  "it")
+        return
+    parsed = OverridesParser.create().parse_override(override)
+    if not parsed.is_sweep_override():
+        return check_override(override, source)
+    for value in parsed.sweep_string_iterator():
+        check_override(f"{parsed.get_key_element()}={value}", source)
+
+
 def expand_sweep_resume(args: list[str]) -> list[str]:
     """`-m resume=<sweep dir> [hydra overrides]` -> the sweep's own overrides (from its multirun.yaml), its
     launcher and its folder, then this command's hydra overrides (which win, e.g. another launcher)."""
@@ -236,19 +272,28 @@ def expand_sweep_resume(args: list[str]) -> list[str]:
     if not saved.is_file():
         raise UserError(f"resume={sweep_dir}: not a sweep folder (no multirun.yaml). Pass the folder of the "
                         "sweep to continue (logs/train/multiruns/<date_time>); for a single run, drop -m.")
-    sweep = OmegaConf.load(saved)
-    if "optuna" in str(OmegaConf.select(sweep, "hydra.sweeper._target_", default="")):
+    try:  # plain YAML: OmegaConf would resolve interpolations while reading
+        sweep = yaml.safe_load(saved.read_text())
+        hydra_overrides, task_overrides = (list(sweep["hydra"]["overrides"][k]) for k in ("hydra", "task"))
+        sweeper = str(sweep["hydra"].get("sweeper", {}).get("_target_", ""))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"resume={sweep_dir}: its multirun.yaml cannot be read ({err}). Restore it from the "
+                        "original sweep, or start a new sweep.") from None
+    if "optuna" in sweeper:
         raise UserError(f"resume={sweep_dir}: an Optuna search draws new trials each time, so it is "
                         "continued through its study instead: hydra.sweeper.storage=sqlite:///optuna.db "
                         "hydra.sweeper.study_name=<name> (the same two on every run of the search).")
     rest = [a for i, a in enumerate(args) if i not in found]
-    changed = [a for a in rest if "=" in a and not _key(a).startswith("hydra")]
+    changed = [a for a in rest
+               if "=" in a and not _key(a).startswith("hydra") and a not in task_overrides]
     if changed:
         raise UserError(f"-m resume={sweep_dir} reruns the sweep's unfinished jobs with the sweep's own "
-                        f"overrides; it takes only hydra options (e.g. hydra/launcher=joblib), not "
-                        f"{' '.join(changed)}. Start a new sweep to change them.")
+                        f"overrides; it takes only hydra options (e.g. hydra/launcher=joblib) and the "
+                        f"sweep's own overrides, not {' '.join(changed)}. Start a new sweep to change them.")
     ours = [f"hydra.sweep.dir='{sweep_dir}'", f"resume='{sweep_dir}'"]
     given = {_key(a) for a in ours + rest if "=" in a}
-    kept = [o for o in [*sweep.hydra.overrides.hydra, *sweep.hydra.overrides.task] if _key(o) not in given]
+    kept = [o for o in hydra_overrides + task_overrides if _key(o) not in given]
+    for override in kept:  # those given again on this command line are the user's own: not checked
+        check_recorded(override, str(saved))
     flags = [a for a in rest if a.startswith("-")]  # Hydra's parser wants its flags before the overrides
     return flags + kept + ours + [a for a in rest if not a.startswith("-")]

@@ -1,11 +1,12 @@
 """The config schema: the type of every key (Hydra checks it while composing) and the allowed values.
 
-`train_schema` is registered in Hydra's ConfigStore and heads conf/train.yaml's defaults list, so a wrong
-type (`data.batch_size=abc`), an unknown key (`+data.foo=1`) or an unknown group option (`data=foo`) is
-refused by Hydra itself, before anything runs. The YAML files stay the one place for default values:
-fields here are MISSING. Values of the right type but outside the allowed range are refused by `validate`;
-checks that the objects already make on construction (data sizes, hidden sizes, dropout) are theirs.
-A key added to a YAML file must be added here too.
+`register()` (called by the entry points) stores `train_schema` in Hydra's ConfigStore, where it heads
+conf/train.yaml's defaults list: a wrong type (`data.batch_size=abc`), an unknown key (`+data.foo=1`) or an
+unknown group option (`data=foo`) is refused by Hydra itself, before anything runs. Default values live in
+the YAML files and the constructors; fields here are MISSING unless the YAML may leave them out, and
+tests/test_schema.py fails when a YAML key, a field here and a constructor parameter disagree. Values of the
+right type but outside the allowed range are refused by the objects' constructors (data sizes, hidden
+sizes, dropout, augmentation ranges) or, for keys that build no object of ours, by `validate`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ class DataConfig:
     val_size: int = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
-    steps_per_execution: int = MISSING
     normalize: bool = MISSING
     split_seed: int = MISSING
 
@@ -55,7 +55,6 @@ class ModelConfig:
     augment: Any = None
     label_smoothing: float = MISSING
     num_classes: int = MISSING
-    compile: bool = False
 
 
 @dataclass
@@ -67,6 +66,9 @@ class TrainConfig:
     callbacks: Any = field(default_factory=dict)
     logger: Any = field(default_factory=dict)
     seed: int = MISSING
+    # the speed layer, mnist_lit/fast.py
+    fast: bool = MISSING
+    steps_per_execution: int = MISSING
     ckpt_path: str | None = None
     resume: str | None = None
     test: bool = True
@@ -74,7 +76,9 @@ class TrainConfig:
     optimized_metric: str | None = None
 
 
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+def register() -> None:
+    """Store the schema in Hydra's ConfigStore, where conf/train.yaml's defaults list finds it."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 def _positive_number(value: Any) -> bool:
@@ -98,6 +102,8 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"threads={cfg.threads}: must be a positive integer (or null: one per core)")
     if "lr" in cfg.model.optimizer and not _positive_number(cfg.model.optimizer.lr):
         problems.append(f"model.optimizer.lr={cfg.model.optimizer.lr!r}: must be a number > 0, e.g. 1e-3")
+    if cfg.steps_per_execution < 1:
+        problems.append(f"steps_per_execution={cfg.steps_per_execution}: must be a positive integer (1: no grouping)")
     if not 0.0 <= cfg.model.label_smoothing <= 1.0:
         problems.append(f"model.label_smoothing={cfg.model.label_smoothing}: must be in [0, 1]")
     max_epochs = cfg.trainer.get("max_epochs")

@@ -7,7 +7,10 @@ peak host RSS, peak GPU memory (on a GPU), final val and test accuracy; and the 
 (min, median, max over the repetitions).
 
     python scripts/benchmark.py --root ../shared/mnist --epochs 10 --batch-size 32 --reps 3
-    python scripts/benchmark.py --device cuda --reps 3 -- model.compile=true   (extra mnist-lit overrides)
+    python scripts/benchmark.py --reps 3 -- fast=false   (extra mnist-lit overrides)
+
+Also measured, interleaved the same way: each variant's import time (a fresh interpreter importing what the
+command imports before it starts fitting).
 """
 
 from __future__ import annotations
@@ -62,6 +65,19 @@ def plain(args) -> dict:
     }
 
 
+IMPORTS = {
+    # what `python -m mnist_lit.train` has imported when fitting starts
+    "mnist-lit": "import mnist_lit.train; from mnist_lit import building, callbacks, checkpoint, data, fast, "
+                 "module, reliability, run_record; import lightning.pytorch",
+    "plain": "import torch, torch.nn.functional; from torchvision.datasets import MNIST",
+}
+
+
+def import_seconds(name: str) -> float:
+    wall, _ = run([sys.executable, "-c", IMPORTS[name]])
+    return wall
+
+
 def spread(values: list[float]) -> str:
     return f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
 
@@ -83,23 +99,27 @@ def main() -> None:
             order = ["plain", "mnist-lit"] if rep % 2 == 0 else ["mnist-lit", "plain"]
             for name in order:
                 r = plain(args) if name == "plain" else mnist_lit(args, f"{tmp}/run{rep}")
+                r["import_s"] = import_seconds(name)
                 results[name].append(r)
                 print(f"rep {rep + 1}/{args.reps} {name:9s} wall {r['wall_s']:6.2f} s  fit {r['fit_s']:6.2f} s  "
+                      f"import {r['import_s']:5.2f} s  "
                       f"test_acc {r['test_acc']:.4f}  rss {r['rss_mb']:.0f} MB", flush=True)
 
     print(f"\n{args.epochs} epochs, batch {args.batch_size}, device {args.device}; min / median / max over {args.reps}")
-    print("| variant | whole command s | fit s | ms/step | samples/s | peak RSS MB | GPU peak MB | val acc | test acc |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | whole command s | import s | fit s | ms/step | samples/s | peak RSS MB | GPU peak MB | val acc "
+          "| test acc |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, rs in results.items():
         ms = [1000 * r["fit_s"] / r["steps"] for r in rs]
         sps = [r["steps"] * args.batch_size / r["fit_s"] for r in rs]
         gpu = [r["gpu_peak_mb"] for r in rs if r["gpu_peak_mb"] is not None]
-        print(f"| {name} | {spread([r['wall_s'] for r in rs])} | {spread([r['fit_s'] for r in rs])} | {spread(ms)} | "
+        print(f"| {name} | {spread([r['wall_s'] for r in rs])} | {spread([r['import_s'] for r in rs])} | "
+              f"{spread([r['fit_s'] for r in rs])} | {spread(ms)} | "
               f"{statistics.median(sps):.0f} | {statistics.median([r['rss_mb'] for r in rs]):.0f} | "
               f"{statistics.median(gpu) if gpu else '-'} | {statistics.median([r['val_acc'] for r in rs]):.4f} | "
               f"{statistics.median([r['test_acc'] for r in rs]):.4f} |")
     print("\nratio mnist-lit / plain (min / median / max over repetitions):")
-    for key, label in (("wall_s", "whole command"), ("fit_s", "fit"), ("rss_mb", "peak RSS")):
+    for key, label in (("wall_s", "whole command"), ("import_s", "import"), ("fit_s", "fit"), ("rss_mb", "peak RSS")):
         ratios = [a[key] / b[key] for a, b in zip(results["mnist-lit"], results["plain"])]
         print(f"  {label:14s} {spread(ratios)}")
     if args.json_path:

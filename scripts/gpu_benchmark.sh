@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -c "import torch, lightning, hydra, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'lightning', lightning.__version__, 'hydra', hydra.__version__, 'cpus', __import__('os').cpu_count())" | tee -a "$OUT/env.txt"
 
 python3 -m pytest -q -p no:cacheprovider -m gpu tests/ 2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
-python3 scripts/benchmark.py --device cuda --reps "$REPS" --json "$OUT/eager.json" 2>&1 | tee "$OUT/eager.txt"
-python3 scripts/benchmark.py --device cuda --reps "$REPS" --json "$OUT/compile.json" -- model.compile=true 2>&1 | tee "$OUT/compile.txt"
+python3 scripts/benchmark.py --device cuda --reps "$REPS" --json "$OUT/standard.json" -- fast=false 2>&1 | tee "$OUT/standard.txt"
+python3 scripts/benchmark.py --device cuda --reps "$REPS" --json "$OUT/fast.json" 2>&1 | tee "$OUT/fast.txt"
 python3 -m mnist_lit.train experiment=fast_gpu trainer=gpu data.root=/tmp/mnist hydra.run.dir=/tmp/fast_gpu 2>&1 | tail -4
 python3 -c "import json; m = json.load(open('/tmp/fast_gpu/metrics.json')); print('fast_gpu', {k: m[k] for k in ('fit_seconds', 'steps', 'test_acc', 'device')}, m['metrics'].get('val/acc'))" | tee "$OUT/fast_gpu.txt"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import mnist_lit.schema  # noqa: F401  (registers the config schema `train_schema` in Hydra's ConfigStore)
+from mnist_lit import schema
 
 PROJECT = Path(__file__).resolve().parent.parent
 REAL_ROOT = Path(os.environ.get("MNIST_ROOT", PROJECT.parent / "shared" / "mnist"))
@@ -66,7 +66,7 @@ def real_root() -> Path:
     return REAL_ROOT
 
 
-SYNTHETIC_OVERRIDES = ["data.val_size=100", "data.download=false", "data.steps_per_execution=5", "trainer=cpu"]
+SYNTHETIC_OVERRIDES = ["data.val_size=100", "data.download=false", "steps_per_execution=5", "trainer=cpu"]
 
 
 def run_cli(module: str, *overrides: str, timeout: float = 600, env: dict | None = None):
@@ -126,6 +126,7 @@ def compose(config: str, *overrides: str):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+    schema.register()  # conf/train.yaml's defaults list starts with it
 
     with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
         return hydra_compose(config_name=config, overrides=list(overrides))

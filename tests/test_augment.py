@@ -9,10 +9,10 @@ import torch
 from conftest import compose
 from hydra.utils import instantiate
 
-import mnist_lit.schema  # noqa: F401 (registers train_schema, which conf/train.yaml composes)
 from mnist_lit.augment import RandomAffine
 from mnist_lit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
 from mnist_lit.errors import UserError
+from mnist_lit.fast import GroupedSteps
 from mnist_lit.model import MLP
 from mnist_lit.module import MNISTClassifier
 
@@ -138,10 +138,10 @@ def test_applied_to_training_batches_only(synthetic_root, tmp_path):
     def run(augment):
         pl.seed_everything(0, verbose=False)
         model = MNISTClassifier(MLP(), optimizer=adam, augment=augment)
-        data = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=50, split_seed=0,
-                               steps_per_execution=5)
+        data = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=50, split_seed=0)
         trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                             callbacks=[GroupedSteps(True, 5)])
         trainer.fit(model, datamodule=data)
         return model, trainer, data
 

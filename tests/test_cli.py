@@ -1,6 +1,7 @@
 """The training CLI end to end, in a subprocess, on synthetic data."""
 
 import json
+from pathlib import Path
 
 from conftest import SYNTHETIC_OVERRIDES, run_cli
 
@@ -26,7 +27,8 @@ def test_short_run_learns_and_writes_everything(synthetic_root, tmp_path):
         m["metrics"]
     )
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert m["best_checkpoint"] and (tmp_path / "checkpoints").glob("epoch*.ckpt")
+    assert m["best_checkpoint"] and [p.name for p in (tmp_path / "checkpoints").glob("epoch*.ckpt")] == [
+        Path(m["best_checkpoint"]).name]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 

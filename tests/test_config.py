@@ -7,6 +7,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from mnist_lit import schema
+
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
@@ -14,28 +16,75 @@ OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml")
 
 def compose_train(overrides):
     GlobalHydra.instance().clear()
+    schema.register()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=overrides, return_hydra_config=True)
 
 
+def leaves(node, prefix=""):
+    """(dotted key, value) of every leaf of a YAML file's content, its defaults list left out."""
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def built(cfg):
+    """The objects a run builds from cfg: datamodule, model, callbacks, loggers, trainer (or None)."""
+    callbacks = [instantiate(n) for n in (cfg.get("callbacks") or {}).values() if n is not None]
+    loggers = [instantiate(n) for n in (cfg.get("logger") or {}).values() if n is not None]
+    gpu = cfg.trainer.get("accelerator") == "gpu" or cfg.trainer.get("strategy") == "ddp"
+    trainer = None if gpu else instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.data), instantiate(cfg.model), callbacks, loggers, trainer
+
+
+def names(objects):
+    return {type(o).__name__ for o in objects}
+
+
+# what each option must change in the built objects (beyond its keys reaching the composed config)
+EFFECTS = {
+    ("callbacks", "default"): lambda d, m, c, lg, t: {"ModelCheckpoint", "StepProgressBar", "TrainingCurve"}
+    <= names(c),
+    ("callbacks", "early_stopping"): lambda d, m, c, lg, t: [x.patience for x in c if type(x).__name__
+                                                             == "EarlyStopping"] == [3],
+    ("callbacks", "none"): lambda d, m, c, lg, t: c == [],
+    ("debug", "fast_dev_run"): lambda d, m, c, lg, t: t.fast_dev_run == 1,
+    ("debug", "limit"): lambda d, m, c, lg, t: t.limit_train_batches == 20 and t.max_epochs == 2,
+    ("debug", "overfit"): lambda d, m, c, lg, t: t.overfit_batches == 10,
+    ("logger", "csv"): lambda d, m, c, lg, t: names(lg) == {"CSVLogger"},
+    ("logger", "many"): lambda d, m, c, lg, t: names(lg) == {"CSVLogger", "TensorBoardLogger"},
+    ("logger", "tensorboard"): lambda d, m, c, lg, t: names(lg) == {"TensorBoardLogger"},
+    ("trainer", "cpu"): lambda d, m, c, lg, t: type(t.accelerator).__name__ == "CPUAccelerator",
+    ("experiment", "mlp128_best"): lambda d, m, c, lg, t: d.batch_size == 128 and m.augment is not None
+    and m.label_smoothing == 0.1 and m.scheduler_factory.func.__name__ == "OneCycleLR",
+    ("experiment", "fast_gpu"): lambda d, m, c, lg, t: d.batch_size == 1024 and t.max_epochs == 20,
+}
+
+
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_instantiates(group, option, tmp_path):
+def test_option_composes_instantiates_and_takes_effect(group, option, tmp_path):
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     cfg = compose_train([f"{group}={option}", f"hydra.run.dir={tmp_path}"])
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path)
     HydraConfig.instance().set_config(cfg)
-    assert instantiate(cfg.model).net is not None
-    assert instantiate(cfg.data).batch_size > 0
-    for node in (cfg.get("callbacks") or {}).values():
-        instantiate(node)
-    for node in (cfg.get("logger") or {}).values():
-        instantiate(node)
-    if group == "trainer" and option in ("gpu", "ddp"):
-        return  # building these needs the hardware; composing them is what is checked here
-    instantiate(cfg.trainer)
+    # every value the option's file sets is in the composed config (under its package)
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+    package = "" if "@package _global_" in (CONF / group / f"{option}.yaml").read_text() else f"{group}."
+    for key, value in leaves(raw):
+        if isinstance(value, str) and "${" in value:
+            continue
+        assert OmegaConf.select(cfg, package + key, throw_on_resolution_failure=False) == value, key
+    objects = built(cfg)
+    effect = EFFECTS.get((group, option))
+    if effect is not None:
+        assert effect(*objects), f"{group}={option} did not take effect"
 
 
 def test_keras_tutorial_is_the_tutorial():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mnist_lit.data import MNISTDataModule, StepGroups, TensorBatches, check_mnist_files
+from mnist_lit.data import MNISTDataModule, TensorBatches, check_mnist_files
 from mnist_lit.errors import UserError
 
 
@@ -75,12 +75,16 @@ def test_ddp_shards_are_disjoint_and_equal():
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
-def test_step_groups_keep_batches_and_order():
+def test_resume_at_skips_the_trained_batches_of_that_epoch_only():
     x, y = torch.arange(100.0).unsqueeze(1), torch.arange(100)
     batches = TensorBatches(x, y, batch_size=10, shuffle=True, seed=0)
-    groups = list(StepGroups(batches, 3))
-    assert [len(g) for g in groups] == [3, 3, 3, 1] and len(StepGroups(batches, 3)) == 4
-    assert torch.equal(torch.cat([b[1] for g in groups for b in g]), torch.cat([b[1] for b in batches]))
+    batches.set_epoch(1)
+    full = [b[1] for b in batches]
+    batches.resume_at(1, 4)
+    assert [b[1].tolist() for b in batches] == [b.tolist() for b in full[4:]]
+    assert len(list(batches)) == 10  # the next iteration of the epoch is whole again
+    batches.resume_at(0, 4)  # a position in another epoch is not this one's
+    assert len(list(batches)) == 10
 
 
 def test_missing_files_error_names_folder_and_fix(tmp_path):

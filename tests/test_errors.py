@@ -34,7 +34,7 @@ CONFIG_CASES = [
     ("type-bool", ["data.download=maybe"], ["data.download", "maybe", "bool"]),
     ("type-list", ["model.net.hidden_sizes=[a]"], ["hidden_sizes", "'a'", "Integer"]),
     ("batch-zero", ["data.batch_size=0"], ["data.batch_size=0", "positive"]),
-    ("steps-zero", ["data.steps_per_execution=0"], ["data.steps_per_execution=0", "positive"]),
+    ("steps-zero", ["steps_per_execution=0"], ["steps_per_execution=0", "positive"]),
     ("lr-zero", ["model.optimizer.lr=0"], ["model.optimizer.lr=0", "> 0"]),
     ("lr-text", ["model.optimizer.lr=fast"], ["model.optimizer.lr='fast'", "number"]),
     ("val-size-zero", ["data.val_size=0"], ["data.val_size=0", "between 1 and 59999"]),

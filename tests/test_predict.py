@@ -226,6 +226,19 @@ def test_predict_json_on_a_folder_and_the_synthetic_run(synthetic_run, synthetic
         assert preview.format == "PNG" and preview.width > 500
 
 
+def bomb_png(path, width: int, height: int) -> None:
+    """A tiny PNG file whose header declares width x height pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
 def test_bad_inputs_fail_one_by_one_and_the_others_are_predicted(synthetic_run, tmp_path):
     good = tmp_path / "good.png"
     drawing(1).save(good)
@@ -236,6 +249,7 @@ def test_bad_inputs_fail_one_by_one_and_the_others_are_predicted(synthetic_run, 
     Image.new("L", (64, 64)).save(tmp_path / "cut.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:60])
     (tmp_path / "no_images").mkdir()
+    bomb_png(tmp_path / "bomb.png", 100_000, 100_000)
     names = [
         "good.png",
         "notes.txt",
@@ -245,6 +259,7 @@ def test_bad_inputs_fail_one_by_one_and_the_others_are_predicted(synthetic_run, 
         "cut.png",
         "missing.png",
         "no_images",
+        "bomb.png",
     ]
     listed = ",".join(str(tmp_path / n) for n in names)
     proc = run_cli("mnist_lit.predict", f"run_dir={synthetic_run}", f"images=[{listed}]", "index=[0,99999]")
@@ -260,12 +275,13 @@ def test_bad_inputs_fail_one_by_one_and_the_others_are_predicted(synthetic_run, 
         ("cut.png", "the image is truncated or corrupt"),
         ("missing.png", "no such file"),
         ("no_images", "a folder without image files"),
+        ("bomb.png", "the image declares more pixels than mnist-lit decodes"),
     ]:
         assert re.search(rf"{re.escape(str(tmp_path / name))}:\s+error: {re.escape(message)}", proc.stderr), (
             name
         )
     assert re.search(r"test\[99999\]:\s+error: no such test digit: index must be 0-199\.", proc.stderr)
-    assert "8 of 10 inputs failed" in proc.stderr
+    assert "9 of 11 inputs failed" in proc.stderr
 
     if os.geteuid() != 0:  # root reads any file
         (tmp_path / "locked.png").write_bytes(good.read_bytes())

@@ -18,9 +18,9 @@ import torch
 from conftest import PROJECT, run_cli
 
 TESTS = Path(__file__).resolve().parent
-# one optimizer step per training_step: 16 training_steps an epoch, so there is a middle to interrupt;
-# the last epoch is interrupted, so its train/loss and train/acc add up sums from before and after
-OVERRIDES = ["data.val_size=100", "data.download=false", "data.steps_per_execution=1", "trainer=cpu",
+# 16 optimizer steps an epoch, grouped 2 by 2 with fast=true, so there is a middle to interrupt; the last
+# epoch is interrupted, so its train/loss and train/acc add up sums from before and after
+OVERRIDES = ["data.val_size=100", "data.download=false", "steps_per_execution=2", "trainer=cpu",
              "trainer.max_epochs=3", "seed=0", "trainer.deterministic=true"]
 COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epochs", "steps")
 
@@ -30,6 +30,8 @@ class PauseAt(pl.Callback):
 
     The test sends its signal while the run waits here, so the interruption lands at a known training_step.
     """
+
+    steps_in_groups = True  # with fast=true a batch is a group of steps: it pauses after a whole group
 
     def __init__(self, epoch: int, batch: int, marker: str):
         self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
@@ -54,15 +56,18 @@ def compared(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path):
+@pytest.mark.parametrize("fast", ["true", "false"])
+def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, tmp_path, fast):
     data = f"data.root={synthetic_root}"
+    overrides = [*OVERRIDES, f"fast={fast}"]
     # two uninterrupted runs in one process (a two-job sweep), while the interrupted one runs beside them
     sweep = popen_train("-m", "seed=0,0", data, f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                        *[o for o in OVERRIDES if not o.startswith("seed=")])
+                        *[o for o in overrides if not o.startswith("seed=")])
     run, marker = tmp_path / "run", tmp_path / "paused"
+    # after 6 steps of the last epoch: Lightning's batch 5, or the grouped path's third group of 2
     pause = [f"+callbacks.pause._target_={__name__}.PauseAt", "+callbacks.pause.epoch=2",
-             "+callbacks.pause.batch=5", f"+callbacks.pause.marker={marker}"]
-    proc = popen_train(data, f"hydra.run.dir={run}", *OVERRIDES, *pause)
+             f"+callbacks.pause.batch={2 if fast == 'true' else 5}", f"+callbacks.pause.marker={marker}"]
+    proc = popen_train(data, f"hydra.run.dir={run}", *overrides, *pause)
     deadline = time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -81,9 +86,10 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, 
     # both ways to resume: `resume=<run dir>` (in that folder, with its config) and `ckpt_path=` (in a new
     # folder, with this command's config), side by side
     shutil.copy(run / "checkpoints" / "last.ckpt", tmp_path / "interrupted.ckpt")
-    by_ckpt = popen_train(data, f"hydra.run.dir={tmp_path / 'by_ckpt'}", *OVERRIDES,
+    by_ckpt = popen_train(data, f"hydra.run.dir={tmp_path / 'by_ckpt'}", *overrides,
                           f"ckpt_path={tmp_path / 'interrupted.ckpt'}")
-    resumed = run_cli("mnist_lit.train", f"resume={run}", env={"PYTHONPATH": str(TESTS)})
+    # the test's own callback (recorded) is no target mnist-lit builds from a run folder: given again
+    resumed = run_cli("mnist_lit.train", f"resume={run}", pause[0], env={"PYTHONPATH": str(TESTS)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
     out, err = by_ckpt.communicate(timeout=300)
@@ -98,3 +104,10 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, 
     # the best epoch (0: val/acc is 1.0 from the start) came before the interruption, and is still chosen
     assert compared(tmp_path / "by_ckpt") == first
     assert (tmp_path / "by_ckpt" / "checkpoints" / first["best"]).is_file()
+    assert json.loads((run / "metrics.json").read_text())["fast"] is (fast == "true")
+
+    # resumed again after its last epoch (as if killed right after the last checkpoint): nothing left to
+    # train, and metrics.json still has every score
+    again = run_cli("mnist_lit.train", f"resume={run}", env={"PYTHONPATH": str(TESTS)})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert compared(run) == first and first["best_val_acc"] is not None

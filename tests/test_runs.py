@@ -26,7 +26,7 @@ from mnist_lit.runs import expand_sweep_resume, prepare_attempt
 TESTS = Path(__file__).resolve().parent
 ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(PROJECT), str(TESTS)])}
 # 16 optimizer steps an epoch, one per training_step, so that there is a middle of an epoch to stop in
-RUN = [*SYNTHETIC_OVERRIDES, "data.steps_per_execution=1", "trainer.max_epochs=2",
+RUN = [*SYNTHETIC_OVERRIDES, "steps_per_execution=1", "trainer.max_epochs=2",
        "trainer.deterministic=true",
        "~callbacks.test_images", "~callbacks.sample_digits", "threads=1"]
 COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epochs", "steps")
@@ -144,9 +144,11 @@ def test_a_sweep_folder_taken_in_the_same_second_is_claimed_anew(tmp_path):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from mnist_lit import schema
     from mnist_lit.runs import ClaimRunDir
 
     GlobalHydra.instance().clear()
+    schema.register()
     with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
         cfg = hydra_compose("train", [f"hydra.sweep.dir={tmp_path}/" + "${now:%Y-%m-%d}"],
                             return_hydra_config=True)
@@ -219,9 +221,21 @@ def test_sweep_resume_expands_to_the_sweeps_own_overrides(tmp_path):
                     f"hydra.sweep.dir='{sweep}'", f"resume='{sweep}'", "hydra/launcher=basic"]
     with pytest.raises(UserError, match="takes only hydra options .* not seed=4"):
         expand_sweep_resume(["-m", f"resume={sweep}", "seed=4"])
+    # a sweep folder may come from anyone: what its recorded overrides would run is refused, unless given
+    # again on the command line; of Hydra's options only the launcher and its resources are repeated
+    cases = ((["hydra.launcher.setup=[touch,x]"], []), ([], ["+callbacks.x._target_=os.system"]),
+             ([], ["model.net.hidden_sizes=[8],[16]", "+model.net._target_=os.system,os.popen"]))
+    for recorded, refused in cases:
+        overrides = {"hydra": recorded, "task": ["seed=1", *refused]}
+        OmegaConf.save(OmegaConf.create({"hydra": {"overrides": overrides}}), sweep / "multirun.yaml")
+        with pytest.raises(UserError, match=r"multirun.yaml: .*refused"):
+            expand_sweep_resume(["-m", f"resume={sweep}"])
+    assert "+model.net._target_=os.system,os.popen" in expand_sweep_resume(
+        ["-m", f"resume={sweep}", "+model.net._target_=os.system,os.popen"])
     with pytest.raises(UserError, match="not a sweep folder"):
         expand_sweep_resume(["-m", f"resume={tmp_path}"])
-    optuna = {"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"}}}
+    optuna = {"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"},
+                        "overrides": {"hydra": [], "task": ["seed=1"]}}}
     OmegaConf.save(OmegaConf.create(optuna), sweep / "multirun.yaml")
     with pytest.raises(UserError, match="hydra.sweeper.storage"):
         expand_sweep_resume(["-m", f"resume={sweep}"])
@@ -248,8 +262,9 @@ def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path)
     first = (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns
 
     # resumed on another launcher: the two unfinished jobs side by side in joblib's worker processes
+    # (the pause callback is given again: a recorded override naming code is repeated only when the user does)
     resumed = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra/launcher=joblib",
-                      "hydra.launcher.n_jobs=2", env=ENV, timeout=300)
+                      "hydra.launcher.n_jobs=2", *pause([1], 0, 5, pauses), env=ENV, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "job 0 completed in an earlier attempt: left alone" in (sweep_dir / "0" / "train.log").read_text()
     last = sweep_dir / "1" / "checkpoints" / "last.ckpt"

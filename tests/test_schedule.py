@@ -10,8 +10,9 @@ from conftest import compose
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
-import mnist_lit.schema  # noqa: F401 (registers train_schema, which conf/train.yaml composes)
+from mnist_lit.callbacks import TrainingCurve
 from mnist_lit.data import MNISTDataModule
+from mnist_lit.fast import GroupedSteps
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SCHEDULERS = sorted(p.stem for p in (CONF / "model" / "scheduler").glob("*.yaml"))
@@ -45,20 +46,19 @@ def test_scheduler_options_compose(option):
 def test_logged_lr_follows_the_schedule_over_the_whole_fit(overrides, limit_groups, synthetic_root, tmp_path):
     cfg = compose("train", *overrides)
     model = instantiate(cfg.model)
-    # 500 training examples / 25 = 20 optimizer steps per epoch, in 4 training batches of 5 steps
-    data = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=25, split_seed=0,
-                           steps_per_execution=5)
+    # 500 training examples / 25 = 20 optimizer steps per epoch, grouped 5 at a time (or limited, which
+    # takes Lightning's own path)
+    data = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=25, split_seed=0)
     epochs = 3
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=epochs, limit_train_batches=limit_groups, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-        logger=CSVLogger(tmp_path, name="csv", version=""),
-        callbacks=[instantiate(cfg.callbacks.lr_monitor)],  # the LearningRateMonitor every run has
+        accelerator="cpu", max_epochs=epochs, limit_train_batches=limit_groups and limit_groups * 5,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        logger=CSVLogger(tmp_path, name="csv", version=""), callbacks=[TrainingCurve(), GroupedSteps(True, 5)],
     )
     pl.seed_everything(0, verbose=False)
     trainer.fit(model, datamodule=data)
 
-    steps = epochs * 5 * (limit_groups or 4)
+    steps = epochs * (limit_groups * 5 if limit_groups else 20)
     assert trainer.global_step == steps
     # the same schedule, by torch, over exactly the fit's optimizer steps
     optimizer = trainer.optimizers[0]
@@ -66,15 +66,14 @@ def test_logged_lr_follows_the_schedule_over_the_whole_fit(overrides, limit_grou
     reference = instantiate(cfg.model.scheduler)(optimizer=reference_opt, total_steps=steps)
     expected = []
     for _ in range(steps):
-        expected.append(reference_opt.param_groups[0]["lr"])
         reference_opt.step()
         reference.step()
-    lrs = logged_lrs(tmp_path / "csv" / "metrics.csv", f"lr-{type(optimizer).__name__}")
-    # logged once per training batch, before its 5 steps
-    assert lrs == pytest.approx(expected[::5], rel=1e-6)
+        expected.append(reference_opt.param_groups[0]["lr"])
+    lrs = logged_lrs(tmp_path / "csv" / "metrics.csv", "lr")
+    # logged after every step, as the next step will use it
+    assert lrs == pytest.approx(expected, rel=1e-6)
     s = cfg.model.scheduler
-    assert lrs[0] == pytest.approx(s.max_lr / s.div_factor)
     assert max(expected) == pytest.approx(s.max_lr, rel=1e-3)
     # the module gave the schedule the fit's true length: the last step ran at the schedule's final lr
-    assert expected[-1] == pytest.approx(s.max_lr / (s.div_factor * s.final_div_factor), rel=1e-6)
+    assert expected[-2] == pytest.approx(s.max_lr / (s.div_factor * s.final_div_factor), rel=1e-6)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(reference_opt.param_groups[0]["lr"])

@@ -1,0 +1,46 @@
+"""Objects from config: `hydra.utils.instantiate` with errors that name the config key and the fix."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from mnist_lit.errors import UserError, user_error_of
+
+
+def build(node: DictConfig, key: str, **kwargs):
+    """instantiate(node), turning a failure into a UserError that names the config key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = user_error_of(err) or err.__cause__ or err
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"{key}: cannot be built from the config: {cause}. Check its keys and values "
+                        f"(python -m mnist_lit.train --cfg job shows them).") from err
+
+
+def build_each(group: DictConfig | None, key: str) -> list:
+    """The objects of a config group of named entries (callbacks, loggers); null entries are left out."""
+    return [build(node, f"{key}.{name}") for name, node in (group or {}).items() if node is not None]
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Refuse a GPU run on a machine without one, saying what to use instead (Lightning's own message doesn't)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise UserError(
+            f"trainer.accelerator={accelerator} asks for a GPU, and torch {torch.__version__} finds none on this "
+            "machine. Train on the CPU with trainer=cpu, or use trainer=default, which takes the GPU when there is one."
+        )
+
+
+def check_optimizer(module) -> None:
+    """Build the optimizer once, so that a bad argument fails now, not after loading the data."""
+    try:
+        module.optimizer_factory(params=module.net.parameters())
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model.optimizer: {err}. Check its keys and values (--cfg job shows them).") from err

@@ -1,0 +1,39 @@
+"""Every Lightning internal that mnist-lit touches, in one place (tests/test_lightning_compat.py checks each).
+
+The grouped steps of mnist_lit/fast.py take several optimizer steps inside one Lightning batch, bypassing
+LightningOptimizer.step (four hook dispatches a step). Lightning must still count each of them: in
+`trainer.global_step` (checkpoint names, schedules, `max_steps`) and in the step its loggers write at.
+pyproject bounds lightning to the releases these were tested with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import lightning.pytorch as pl
+
+
+def count_optimizer_steps(trainer: pl.Trainer, steps: int) -> None:
+    """Count `steps` optimizer steps taken in one (manually optimized) training batch."""
+    loop = trainer.fit_loop.epoch_loop
+    progress = loop.manual_optimization.optim_step_progress
+    progress.total.ready += steps
+    progress.total.completed += steps
+    progress.current.ready += steps
+    progress.current.completed += steps
+    # Lightning adds one per batch after it: the loggers' step then advances by `steps`
+    loop._batches_that_stepped += steps - 1
+
+
+@contextlib.contextmanager
+def fit_length(trainer: pl.Trainer, steps: int):
+    """Within the block, `trainer.estimated_stepping_batches` (a schedule's length) is `steps`.
+
+    Groups of steps have no length for Lightning, which then takes a fit's length from `max_steps`.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    saved, loop.max_steps = loop.max_steps, steps
+    try:
+        yield
+    finally:
+        loop.max_steps = saved

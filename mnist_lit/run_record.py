@@ -1,0 +1,112 @@
+"""metrics.json: how a run ended, its final metrics, and what it ran on (device, versions, git commit)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+from pathlib import Path
+
+import lightning
+import lightning.pytorch as pl
+import torch
+
+from mnist_lit import __version__
+from mnist_lit.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_state() -> dict:
+    """The project's commit and whether its tracked files differ from it (null outside a git checkout)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5,
+                                 check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit or None, "git_dirty": bool(dirty) if dirty is not None else None}
+
+
+def device_name(trainer: pl.Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    """A temporary name, then a rename: an interrupted write never leaves a truncated file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}. Choose a writable folder with "
+                        "hydra.run.dir=<folder>.") from err
+
+
+def final_metrics(trainer: pl.Trainer, module: pl.LightningModule, prefixes=("train/", "val/")) -> dict:
+    """The metrics Lightning holds now, as floats; the best validation accuracy comes from the module's own
+    (checkpointed) record, so a run resumed after its last epoch still has it."""
+    metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith(prefixes)}
+    if "val/" in prefixes:
+        best = module.val_acc_best.compute().item()
+        if math.isfinite(best):
+            metrics["val/acc_best"] = best
+    return metrics
+
+
+class RunRecord:
+    """Writes `<out_dir>/metrics.json` for a run (on the global-zero process only)."""
+
+    def __init__(self, out_dir: Path, cfg, trainer: pl.Trainer, datamodule, module: pl.LightningModule):
+        self.path = Path(out_dir) / "metrics.json"
+        self.cfg, self.trainer, self.datamodule, self.module = cfg, trainer, datamodule, module
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        callback = self.trainer.checkpoint_callback
+        return (callback.best_model_path or None) if callback is not None else None
+
+    def write(self, status: str, fit_seconds: float, metrics: dict, **extra) -> dict:
+        trainer = self.trainer
+        record = {
+            "status": status,
+            **extra,
+            "test_acc": metrics.get("test/acc"),
+            "test_loss": metrics.get("test/loss"),
+            "best_val_acc": metrics.get("val/acc_best"),
+            "metrics": metrics,
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "fit_seconds": round(fit_seconds, 3),
+            "seed": self.cfg.seed,
+            "split_seed": self.datamodule.split_seed,
+            "split_digest": getattr(self.datamodule, "split_digest", None),
+            "trainable_params": sum(p.numel() for p in self.module.net.parameters() if p.requires_grad),
+            "device": device_name(trainer),
+            "fast": bool(getattr(self.cfg, "fast", False)) and self.module.automatic_optimization is False,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "gpu_peak_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                            if torch.cuda.is_initialized() else None),
+            "best_checkpoint": self.best_checkpoint,
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "lightning": lightning.__version__,
+                "mnist_lit": __version__,
+            },
+            **git_state(),
+        }
+        if trainer.is_global_zero:
+            write_json_atomically(self.path, record)
+        return record

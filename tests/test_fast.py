@@ -1,0 +1,210 @@
+"""mnist_lit/fast.py: grouped steps give exactly what Lightning's standard path gives, or fall back saying why."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import SYNTHETIC_OVERRIDES, run_cli
+from lightning.pytorch.loggers import Logger
+
+from mnist_lit.augment import RandomAffine
+from mnist_lit.callbacks import StepAxis, TrainingCurve
+from mnist_lit.data import MNISTDataModule
+from mnist_lit.errors import UserError
+from mnist_lit.fast import GroupedSteps, StepGroups, make_capturable
+from mnist_lit.model import MLP
+from mnist_lit.module import MNISTClassifier
+from mnist_lit.reliability import ResumeExactly, StopOnDivergence
+
+
+class Recorder(Logger):
+    """Every (step, name, value) a run logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.logged: list[tuple[int, str, float]] = []
+
+    name, version = "recorder", 0
+
+    def log_metrics(self, metrics, step=None):
+        self.logged += [(step, k, float(v)) for k, v in sorted(metrics.items())]
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+ONECYCLE = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=3e-3, total_steps=None, cycle_momentum=False)
+
+
+def fit(root, *, fast=True, size=4, epochs=2, scheduler=None, augment=False, every=5, **trainer_args):
+    pl.seed_everything(0, verbose=False)
+    dm = MNISTDataModule(str(root), download=False, val_size=100, batch_size=32)
+    model = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3), scheduler,
+                            augment=RandomAffine(degrees=10, translate=2) if augment else None)
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", logger=recorder, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=every,
+        callbacks=[TrainingCurve(), StepAxis(), StopOnDivergence(), ResumeExactly(), GroupedSteps(fast, size)],
+        **trainer_args,
+    )
+    trainer.fit(model, dm)
+    return model, trainer, recorder.logged
+
+
+def params(model):
+    return torch.cat([p.detach().flatten() for p in model.net.parameters()])
+
+
+@pytest.mark.parametrize("recipe", ["plain", "onecycle", "augment"])
+def test_grouped_steps_are_bit_identical_to_lightnings_path(synthetic_root, one_thread, recipe):
+    options = {"plain": {}, "onecycle": {"scheduler": ONECYCLE}, "augment": {"augment": True}}[recipe]
+    fast, t_fast, logged_fast = fit(synthetic_root, fast=True, **options)
+    slow, t_slow, logged_slow = fit(synthetic_root, fast=False, **options)
+    assert fast.automatic_optimization is False and slow.automatic_optimization is True  # both paths ran
+    assert t_fast.global_step == t_slow.global_step == 32  # 2 epochs of 16 batches (500 examples)
+    assert torch.equal(params(fast), params(slow))
+    assert logged_fast == logged_slow  # every value, at every step
+    names = {name for _, name, _ in logged_fast}
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "train/loss_running", "lr"} <= names
+    if recipe == "onecycle":  # the schedule ran over the whole fit's 32 steps, not over groups
+        lrs = [value for _, name, value in logged_fast if name == "lr"]
+        assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[-1] < 1e-4
+
+
+def test_logged_steps_do_not_depend_on_grouping(synthetic_root, one_thread):
+    steps = {}
+    for size in (1, 5, 50):
+        _, _, logged = fit(synthetic_root, size=size)
+        steps[size] = sorted({(name, step) for step, name, _ in logged})
+    assert steps[1] == steps[5] == steps[50]
+    by_name = {}
+    for name, step in steps[1]:
+        by_name.setdefault(name, []).append(step)
+    assert by_name["val/acc"] == [16, 32]  # at the optimizer step that ends each epoch
+    assert by_name["train/loss"] == [16, 32]
+    assert by_name["train/loss_running"] == [5, 10, 15, 20, 25, 30]
+
+
+@pytest.mark.parametrize("trainer_args, reason", [
+    ({"accumulate_grad_batches": 2}, "trainer.accumulate_grad_batches=2"),
+    ({"gradient_clip_val": 1.0}, "trainer.gradient_clip_val=1.0"),
+    ({"precision": "bf16-mixed"}, "trainer.precision=bf16-mixed"),
+    ({"limit_train_batches": 3}, "trainer.limit_train_batches=3"),
+])
+def test_what_groups_cannot_do_falls_back_with_one_line(synthetic_root, one_thread, caplog, trainer_args, reason):
+    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+        model, trainer, logged = fit(synthetic_root, epochs=1, **trainer_args)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_lit.fast"]
+    assert len(lines) == 1 and reason in lines[0] and "standard path" in lines[0]
+    assert model.automatic_optimization is True and trainer.global_step > 0
+    assert any(name == "val/acc" for _, name, _ in logged)
+
+
+def test_a_callback_acting_on_every_batch_takes_the_standard_path(synthetic_root, one_thread, caplog):
+    class EveryBatch(pl.Callback):
+        def __init__(self):
+            self.calls = 0
+
+        def on_train_batch_end(self, *args):
+            self.calls += 1
+
+    seen = EveryBatch()
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[seen, GroupedSteps()])
+    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+        trainer.fit(MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3)),
+                    MNISTDataModule(str(synthetic_root), download=False, val_size=100))
+    assert seen.calls == 16 and "EveryBatch" in caplog.text
+
+
+def test_step_groups_hold_the_same_batches(synthetic_root):
+    dm = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=32)
+    dm.setup("fit")
+    batches = dm.train_dataloader()
+    groups = list(StepGroups(batches, 5))
+    assert [len(g) for g in groups] == [5, 5, 5, 1] and StepGroups(batches, 5).steps_per_epoch == 16
+    flat = [b for g in groups for b in g]
+    for (x1, y1), (x2, y2) in zip(flat, batches, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    batches.resume_at(0, 7)  # a run resumed after 7 steps of epoch 0 goes on with the 8th batch
+    resumed = [b for g in StepGroups(batches, 5) for b in g]
+    assert len(resumed) == 9 and torch.equal(resumed[0][0], flat[7][0])
+
+
+def test_capturable_optimizer_for_cuda_graphs_or_a_clear_refusal():
+    net = MLP()
+    adam = torch.optim.Adam(net.parameters(), lr=2e-3)
+    make_capturable(adam, torch.device("cpu"), schedule=True)
+    group = adam.param_groups[0]
+    assert group["capturable"] is True and torch.is_tensor(group["lr"]) and group["lr"].item() == pytest.approx(2e-3)
+    with pytest.raises(UserError, match="Adam"):  # SGD's learning rate cannot be a device tensor
+        make_capturable(torch.optim.SGD(net.parameters(), lr=0.1), torch.device("cpu"), schedule=True)
+
+
+def test_bad_steps_per_execution_is_refused():
+    with pytest.raises(UserError, match="steps_per_execution=0"):
+        GroupedSteps(True, 0)
+
+
+def test_fast_false_runs_lightnings_own_features(synthetic_root, tmp_path):
+    proc = run_cli("mnist_lit.train", "fast=false", "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0",
+                   "trainer.precision=bf16-mixed", "trainer.max_epochs=1", f"data.root={synthetic_root}",
+                   f"hydra.run.dir={tmp_path}", *SYNTHETIC_OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '"status": "completed"' in (tmp_path / "metrics.json").read_text()
+    assert "standard path" not in proc.stdout + proc.stderr  # fast=false: nothing to fall back from
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_steps_match_eager_on_gpu(synthetic_root):
+    results = {}
+    for fast in (False, True):
+        pl.seed_everything(0, verbose=False)
+        dm = MNISTDataModule(str(synthetic_root), download=False, val_size=100)
+        model = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3, fused=True), ONECYCLE)
+        grouped = GroupedSteps(fast, 4)
+        trainer = pl.Trainer(max_epochs=2, accelerator="gpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[grouped])
+        trainer.fit(model, dm)
+        results[fast] = (params(model), trainer.callback_metrics, grouped)
+    assert results[True][2].graph is not None and results[True][2].graph.graph is not None
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        torch.testing.assert_close(results[True][1][key], results[False][1][key], atol=1e-5, rtol=0)
+
+
+def test_staged_gpu_setup_is_refused_only_for_what_graphs_cannot_replay():
+    # unsupported() on a 2-process or 16-bit GPU run names the setting (staged: no GPU here)
+    from mnist_lit.fast import unsupported
+
+    module = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3))
+    trainer = SimpleNamespace(world_size=2, precision="32-true", accumulate_grad_batches=1, gradient_clip_val=None,
+                              limit_train_batches=1.0, val_check_interval=1.0, max_steps=-1, fast_dev_run=False,
+                              overfit_batches=0.0, callbacks=[])
+    assert "2 processes" in unsupported(trainer, module)
+    trainer.world_size, trainer.precision = 1, "16-mixed"
+    assert "16-mixed" in unsupported(trainer, module)
+    trainer.precision = "32-true"
+    assert unsupported(trainer, module) is None
+
+
+def test_fused_adam_is_unfused_only_for_clipping_under_mixed_precision(caplog):
+    from conftest import compose
+
+    from mnist_lit.fast import unfused_for_clipping
+
+    cfg = compose("train")
+    unfused_for_clipping(cfg)
+    assert cfg.model.optimizer.fused is True  # the default: one kernel per update
+    cfg = compose("train", "trainer.gradient_clip_val=1.0", "trainer.precision=bf16-mixed")
+    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+        unfused_for_clipping(cfg)
+    assert cfg.model.optimizer.fused is False and "model.optimizer.fused=false" in caplog.text
