@@ -230,7 +230,7 @@ def _key(arg: str) -> str:
 
 # the recorded Hydra options a resumed sweep repeats: the launcher and its resources. Others (a launcher's
 # `setup` lines, `_target_`s, callbacks, search paths) could run code, and a sweep folder may come from anyone
-LAUNCHER_GROUPS = {"hydra/launcher", "hydra/sweeper"}
+LAUNCHER_GROUPS = {"hydra/launcher", "hydra/sweeper", "hydra.mode"}
 LAUNCHER_KEYS = {
     "timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name", "partition",
     "qos", "comment", "constraint", "exclude", "gres", "cpus_per_gpu", "gpus_per_task", "mem_per_gpu",
