@@ -51,7 +51,8 @@ SAFE_TARGETS = frozenset(
         "ModelCheckpoint", "LearningRateMonitor", "RichModelSummary", "RichProgressBar", "ModelSummary",
         "TQDMProgressBar", "EarlyStopping",
     )]
-    + [f"lightning.pytorch.loggers.{name}" for name in ("TensorBoardLogger", "CSVLogger")]
+    # MLFlowLogger: conf/logger/mlflow.yaml [optuna branch hook]
+    + [f"lightning.pytorch.loggers.{name}" for name in ("TensorBoardLogger", "CSVLogger", "MLFlowLogger")]
 )
 # OmegaConf resolvers that only read a value (an environment variable, Hydra's own config, the time);
 # oc.create / oc.decode would build a config (with a `_target_`) out of a string, others are unknown code

@@ -16,12 +16,17 @@ from mnist_lit.runs import expand_sweep_resume  # hook: issue #13
 def expand_resume(args: list[str]) -> list[str]:
     """`resume=<run dir>` on the command line -> that run's own overrides, its folder as the run dir and its
     last.ckpt, then this command's other arguments (which win). Hydra then records the whole config."""
-    if {"-m", "--multirun"} & set(args):  # #13: resume=<sweep dir>
-        return expand_sweep_resume(args)
     found = [i for i, a in enumerate(args) if a.startswith("resume=")]
     if not found:
         return args
     run_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
+    if {"-m", "--multirun"} & set(args):  # [optuna hook] an Optuna search's folder: continue its study
+        from mnist_lit.study import resume_search
+
+        search = resume_search(run_dir, [a for i, a in enumerate(args) if i not in found])
+        if search is not None:
+            return search
+        return expand_sweep_resume(args)  # #13: a grid sweep's folder: rerun its unfinished jobs
     last = run_dir / "checkpoints" / "last.ckpt"
 
     def key(arg: str) -> str:

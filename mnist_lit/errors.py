@@ -23,13 +23,16 @@ class UserError(Exception):
 
 
 class RunStopped(UserError):
-    """A run that ended before completing (interrupted, diverged, failed); its metrics.json says how."""
+    """A run that ended before completing (interrupted, diverged, failed, pruned): metrics.json says how."""
 
     label = "stopped"
 
     def __init__(self, message: str, status: str, exit_code: int = 1):
         super().__init__(message)
         self.status, self.exit_code = status, exit_code
+
+    def __reduce__(self):  # [optuna hook] joblib and submitit send a job's error back pickled
+        return type(self), (str(self), self.status, self.exit_code)
 
 
 class CheckRunDir(Callback):

@@ -262,8 +262,9 @@ def check_recorded(override: str, source: str) -> None:
 
 
 def expand_sweep_resume(args: list[str]) -> list[str]:
-    """`-m resume=<sweep dir> [hydra overrides]` -> the sweep's own overrides (from its multirun.yaml), its
-    launcher and its folder, then this command's hydra overrides (which win, e.g. another launcher)."""
+    """`-m resume=<sweep dir> [hydra overrides]` of a grid sweep (an Optuna search continues its study:
+    mnist_lit.study) -> the sweep's own overrides (from its multirun.yaml), its launcher and its folder, then
+    this command's hydra overrides (which win, e.g. another launcher)."""
     found = [i for i, a in enumerate(args) if a.startswith("resume=")]
     if not found:
         return args
@@ -275,14 +276,9 @@ def expand_sweep_resume(args: list[str]) -> list[str]:
     try:  # plain YAML: OmegaConf would resolve interpolations while reading
         sweep = yaml.safe_load(saved.read_text())
         hydra_overrides, task_overrides = (list(sweep["hydra"]["overrides"][k]) for k in ("hydra", "task"))
-        sweeper = str(sweep["hydra"].get("sweeper", {}).get("_target_", ""))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"resume={sweep_dir}: its multirun.yaml cannot be read ({err}). Restore it from the "
                         "original sweep, or start a new sweep.") from None
-    if "optuna" in sweeper:
-        raise UserError(f"resume={sweep_dir}: an Optuna search draws new trials each time, so it is "
-                        "continued through its study instead: hydra.sweeper.storage=sqlite:///optuna.db "
-                        "hydra.sweeper.study_name=<name> (the same two on every run of the search).")
     rest = [a for i, a in enumerate(args) if i not in found]
     changed = [a for a in rest
                if "=" in a and not _key(a).startswith("hydra") and a not in task_overrides]

@@ -21,6 +21,10 @@ class JobFailed(CompactHydraException):
     """One sweep job's error, handed to Hydra as a plain exception (Hydra prints only its message)."""
 
 
+class TrialPruned(CompactHydraException):
+    """[optuna hook] A trial its pruner stopped (metrics.json: status pruned); the sweeper tells Optuna."""
+
+
 def error_message(err: BaseException) -> str:
     user_error = user_error_of(err)
     return str(user_error) if user_error is not None else f"{type(err).__name__}: {err}"
@@ -72,6 +76,9 @@ def keep_sweeping(task: Callable[..., T]) -> Callable[..., T]:
         except Exception as err:
             if isinstance(err, RunStopped) and err.status == "interrupted":
                 raise
+            if isinstance(err, RunStopped) and err.status == "pruned":  # [optuna hook] not a failure
+                log.info("job %s: %s", hydra_cfg.job.num, err)
+                raise TrialPruned(str(err)) from None
             from lightning.pytorch.utilities import rank_zero_only
 
             out_dir = Path(hydra_cfg.runtime.output_dir)

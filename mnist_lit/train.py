@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_lit import cli, schema
-from mnist_lit.errors import report_user_errors
+from mnist_lit.errors import RunStopped, report_user_errors
 from mnist_lit.runs import cluster_plugins, continue_attempts  # hooks: issue #13
 from mnist_lit.sweep import keep_sweeping
 
@@ -46,6 +46,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     from mnist_lit.callbacks import log_hparams, quiet_lightning
     from mnist_lit.checkpoint import check_fits
     from mnist_lit.fast import GroupedSteps, unfused_for_clipping
+    from mnist_lit.optuna_trial import TrialPruned, trial_callbacks  # [optuna hook]
     from mnist_lit.reliability import (
         AtomicCheckpointIO, Interrupted, ResumeExactly, StopOnDivergence, end_early, last_checkpoint_path,
     )
@@ -68,6 +69,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     # not options: whatever the config, a run that stops early keeps its work (mnist_lit/reliability.py)
     callbacks = build_each(cfg.get("callbacks"), "callbacks") + [
         stop, StopOnDivergence(), ResumeExactly(), GroupedSteps(cfg.fast, cfg.steps_per_execution)]
+    callbacks += trial_callbacks()  # [optuna hook] in an Optuna search's trial: report val/acc, get pruned
     loggers = build_each(cfg.get("logger"), "logger")
     trainer: pl.Trainer = build(  # #13: cluster_plugins() switches Lightning's SLURM auto-requeue off
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
@@ -87,6 +89,9 @@ def _train(cfg: DictConfig, stop) -> dict:
             trainer.test(model, datamodule=datamodule, ckpt_path=record.best_checkpoint, weights_only=True,
                          verbose=False)
             metrics |= final_metrics(trainer, model, prefixes=("test/",))
+    except TrialPruned as err:  # [optuna hook] status "pruned", exit 0: the sweeper tells Optuna
+        record.write("pruned", time.perf_counter() - start, final_metrics(trainer, model), pruned=str(err))
+        raise RunStopped(f"{err} (metrics.json: status pruned)", "pruned", 0) from None
     except BaseException as err:
         end_early(err, stop, record, time.perf_counter() - start, cfg.model.optimizer.get("lr"))
         raise

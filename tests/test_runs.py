@@ -234,11 +234,6 @@ def test_sweep_resume_expands_to_the_sweeps_own_overrides(tmp_path):
         ["-m", f"resume={sweep}", "+model.net._target_=os.system,os.popen"])
     with pytest.raises(UserError, match="not a sweep folder"):
         expand_sweep_resume(["-m", f"resume={tmp_path}"])
-    optuna = {"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"},
-                        "overrides": {"hydra": [], "task": ["seed=1"]}}}
-    OmegaConf.save(OmegaConf.create(optuna), sweep / "multirun.yaml")
-    with pytest.raises(UserError, match="hydra.sweeper.storage"):
-        expand_sweep_resume(["-m", f"resume={sweep}"])
 
 
 @pytest.mark.slow

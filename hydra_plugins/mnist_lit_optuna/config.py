@@ -1,0 +1,48 @@
+"""The sweeper's config, in Hydra's ConfigStore: group hydra/sweeper option `mnist_optuna`, with the groups
+hydra/sweeper/sampler (tpe, random) and hydra/sweeper/pruner (median, hyperband, none)."""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf reads these annotations)
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper"
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])  # noqa: UP006
+    sampler: Any = MISSING
+    pruner: Any = MISSING
+    direction: str = "maximize"
+    study_name: str = "mnist_lit"
+    # any Optuna storage URL; null: sqlite:///<sweep dir>/optuna.db. Shared by the sweeper and every trial
+    storage: Optional[str] = None  # noqa: UP045
+    # trials in the study in all (finished, pruned or failed); a second run of the sweep goes on up to it
+    n_trials: int = 8
+    # trials asked for at once and launched together (hydra/launcher=joblib runs them in parallel)
+    n_jobs: int = 1
+    # stop the search with an error when more than this fraction of its trials failed
+    max_failure_rate: float = 1.0
+    # the search space in Hydra's override grammar: key -> choice(...), range(...), tag(log, interval(...))
+    params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="mnist_optuna", node=OptunaSweeperConf,
+                             provider="mnist_lit")
+SAMPLERS = {
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None},
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+}
+PRUNERS = {
+    # a trial stops after an epoch (from its second on) whose val/acc is below the median of the earlier
+    # trials' at that epoch, once 4 trials have finished
+    "median": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 4, "n_warmup_steps": 1},
+    "hyperband": {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 1, "max_resource": "auto",
+                  "reduction_factor": 3},
+    "none": {"_target_": "optuna.pruners.NopPruner"},
+}
+for _group, _options in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+    for _name, _node in _options.items():
+        ConfigStore.instance().store(group=f"hydra/sweeper/{_group}", name=_name, node=_node,
+                                     provider="mnist_lit")

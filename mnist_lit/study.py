@@ -1,0 +1,108 @@
+"""The Optuna study of a search: its storage, the folder's study, its best trials, and the command that
+continues it (`python -m mnist_lit.train -m resume=<sweep dir>`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from mnist_lit.allowlist import check_override
+from mnist_lit.errors import UserError
+
+SWEEPER_TARGET = "hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper"
+# how the sweeper tells a job its trial (hydra.job.env_set); read by mnist_lit/optuna_trial.py
+STORAGE_ENV, STUDY_ENV = "MNIST_LIT_OPTUNA_STORAGE", "MNIST_LIT_OPTUNA_STUDY"
+TRIAL_ENV = "MNIST_LIT_OPTUNA_TRIAL"
+# Hydra config groups a search's recorded overrides may pick an option of (options are ConfigStore names)
+SEARCH_GROUPS = frozenset(
+    {"hydra/sweeper", "hydra/sweeper/sampler", "hydra/sweeper/pruner", "hydra/launcher"})
+
+
+def storage(url: str):
+    """An Optuna storage; SQLite waits for a lock instead of failing when parallel trials write at once."""
+    import optuna
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def search_config(sweep_dir: Path) -> dict | None:
+    """The `hydra` node of the sweep's multirun.yaml (written when the sweep starts) if it ran mnist-lit's
+    Optuna sweeper. Plain YAML: OmegaConf would resolve interpolations while reading (a folder's files may
+    come from anyone, mnist_lit/allowlist.py)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path} cannot be read ({err}): restore it, or start the search again.") from err
+    hydra = cfg.get("hydra") if isinstance(cfg, dict) else None
+    sweeper = hydra.get("sweeper") if isinstance(hydra, dict) else None
+    return hydra if isinstance(sweeper, dict) and sweeper.get("_target_") == SWEEPER_TARGET else None
+
+
+def check_search_override(override: object, source: str) -> None:
+    """A recorded override of a search, as allowlist.check_override, plus the search's own Hydra settings:
+    a sweeper or launcher option, and plain values of hydra.sweeper.* / hydra.launcher.* (no targets)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key = str(override).split("=", 1)[0].lstrip("+~")
+    if isinstance(override, str) and key.startswith("hydra") and "_target_" not in override \
+            and "${" not in override:
+        value = OverridesParser.create().parse_override(override).value()
+        if key in SEARCH_GROUPS and isinstance(value, str) and value.isidentifier():
+            return
+        plain = isinstance(value, (str, int, float, bool))
+        if key.startswith(("hydra.sweeper.", "hydra.launcher.")) and plain:
+            return
+    check_override(override, source)
+
+
+def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
+    """`-m resume=<sweep dir>` of an Optuna search -> its own overrides (Hydra's and the task's), its folder
+    as hydra.sweep.dir, then `args` (which win): the sweeper then continues the study up to n_trials.
+    None when the folder holds no Optuna search (a grid sweep is another resume's business)."""
+    hydra = search_config(sweep_dir)
+    if hydra is None:
+        return None
+
+    def key(arg: str) -> str:
+        return arg.split("=", 1)[0].lstrip("+~")
+
+    # hydra.mode: Hydra's record of -m
+    given = {key(a) for a in args if "=" in a} | {"hydra.sweep.dir", "hydra.mode", "resume"}
+    recorded = [*hydra["overrides"]["hydra"], *hydra["overrides"]["task"]]
+    kept = [o for o in recorded if key(str(o)) not in given]
+    for override in kept:
+        check_search_override(override, str(sweep_dir / "multirun.yaml"))
+    flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants -m before the overrides
+    return [*flags, *kept, f"hydra.sweep.dir={sweep_dir}", *(a for a in args if not a.startswith("-"))]
+
+
+def load_study(sweep_dir: Path):
+    """The study a search in `sweep_dir` wrote (its storage and study name from multirun.yaml)."""
+    import optuna
+
+    hydra = search_config(sweep_dir)
+    if hydra is None:
+        raise UserError(f"{sweep_dir}: not the folder of an Optuna search (no multirun.yaml naming "
+                        "mnist-lit's sweeper). Pass the hydra.sweep.dir of a search: python -m "
+                        "mnist_lit.train -m hparams_search=optuna hydra.sweep.dir=<folder>.")
+    name = hydra["sweeper"].get("study_name")
+    url = hydra["sweeper"].get("storage") or f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}"
+    try:
+        return optuna.load_study(study_name=name, storage=storage(str(url)))
+    except (KeyError, ValueError, optuna.exceptions.OptunaError) as err:
+        raise UserError(f"{sweep_dir}: cannot read the study {name!r} from {url}: "
+                        f"{err}") from None
+
+
+def best_trials(study, k: int) -> list:
+    """The k best completed trials, best first."""
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: t.value, reverse=maximize)[:k]

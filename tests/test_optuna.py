@@ -1,0 +1,253 @@
+"""The Optuna search (hydra_plugins/mnist_lit_optuna) end to end on synthetic data: trials, pruning, resuming
+a study, parallel trials, the dashboard, and confirming the best configurations over seeds."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import SYNTHETIC_OVERRIDES, run_cli
+
+# short trials: these tests are about the search, not the training
+SHORT = [*SYNTHETIC_OVERRIDES, "callbacks=none", "threads=1", "hparams_search=optuna"]
+PARAMS = {"model.optimizer.lr", "data.batch_size", "model.net.hidden_sizes.0", "model.net.dropout"}
+
+
+def search(root, sweep_dir, *overrides, timeout=300):
+    return run_cli("mnist_lit.train", "-m", f"data.root={root}", *SHORT, *overrides,
+                   f"hydra.sweep.dir={sweep_dir}", timeout=timeout)
+
+
+def metrics(job_dir):
+    return json.loads((job_dir / "metrics.json").read_text())
+
+
+def study_of(sweep_dir):
+    return optuna.load_study(study_name="mnist_lit", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+
+
+@pytest.fixture(scope="module")
+def searched(synthetic_root, tmp_path_factory):
+    """A finished 3-trial, 2-epoch search (the default median pruner waits for 4 trials: none pruned)."""
+    sweep_dir = tmp_path_factory.mktemp("search")
+    proc = search(synthetic_root, sweep_dir, "hydra.sweeper.n_trials=3", "trainer.max_epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir, proc.stdout + proc.stderr
+
+
+def test_search_space_from_hydra_grammar():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from mnist_lit.search_space import parse
+
+    space, fixed = parse(["lr=tag(log, interval(1e-4, 1e-2))", "bs=choice(32, 64)", "p=interval(0, 0.5)",
+                          "h=range(16, 80, 16)", "w=shuffle(range(1, 4))", "data.root=x", "bs=choice(8, 16)"])
+    assert sorted(space.pop("w").choices) == [1, 2, 3]  # shuffle(): a categorical, in a random order
+    assert space == {
+        "lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "bs": CategoricalDistribution([8, 16]),  # the last of a key wins (the command line over the yaml)
+        "p": FloatDistribution(0.0, 0.5),
+        "h": IntDistribution(16, 64, step=16),  # Hydra's range excludes its stop
+    }
+    assert fixed == {"data.root": "x"}
+
+
+def test_search_trials_report_every_epoch_and_never_test(searched):
+    sweep_dir, output = searched
+    assert "Best parameters" in output
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == PARAMS and results["trials"] == {"complete": 3}
+    jobs = [metrics(sweep_dir / str(i)) for i in range(3)]
+    assert not (sweep_dir / "3").exists()
+    assert all(m["status"] == "completed" and m["test_acc"] is None for m in jobs)  # test=false in a search
+    study = study_of(sweep_dir)
+    for trial, m in zip(study.trials, jobs, strict=True):
+        # job k is trial k; its value is val/acc_best, the best of the val/acc it reported after each epoch
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.value == pytest.approx(m["best_val_acc"])
+        assert sorted(trial.intermediate_values) == [0, 1]
+        assert max(trial.intermediate_values.values()) == pytest.approx(m["best_val_acc"])
+    assert results["best_value"] == pytest.approx(max(m["best_val_acc"] for m in jobs))
+
+
+def test_pruned_trials_are_recorded_as_pruned(synthetic_root, tmp_path):
+    # a pruner that stops every trial after its first epoch
+    proc = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=2", "trainer.max_epochs=3",
+                  "hydra/sweeper/pruner=none", "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+                  "+hydra.sweeper.pruner.lower=1.1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    for i in (0, 1):
+        m = metrics(tmp_path / str(i))
+        assert m["status"] == "pruned" and m["epochs"] == 0
+        assert f"trial {i} pruned after epoch 0" in m["pruned"]
+        assert m["best_val_acc"] is not None
+    assert [t.state for t in study_of(tmp_path).trials] == [optuna.trial.TrialState.PRUNED] * 2
+    proc = run_cli("mnist_lit.summarize", str(tmp_path), "--csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [line.rsplit(",", 2)[1] for line in proc.stdout.splitlines()[1:]] == ["pruned", "pruned"]
+    assert "2 pruned" in proc.stderr
+
+
+def test_resume_continues_the_study_and_retries_interrupted_trials(searched, tmp_path):
+    sweep_dir = tmp_path / "search"
+    shutil.copytree(searched[0], sweep_dir)
+    # a trial that a killed sweep left RUNNING (its job never wrote anything)
+    study = study_of(sweep_dir)
+    stale = study.ask(study.trials[0].distributions)
+    proc = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra.sweeper.n_trials=4", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trial 3 was left running by an earlier sweep" in proc.stdout + proc.stderr
+    trials = study_of(sweep_dir).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[3].user_attrs == {"interrupted": True}
+    assert trials[4].params == stale.params and trials[4].user_attrs == {"retry_of": 3}
+    # the resumed trial ran with the search's own overrides, in the same sweep folder
+    assert metrics(sweep_dir / "4")["status"] == "completed" and not (sweep_dir / "3").exists()
+    ran = yaml.safe_load((sweep_dir / "4" / ".hydra" / "overrides.yaml").read_text())
+    assert "trainer.max_epochs=2" in ran and "hparams_search=optuna" in ran
+
+    # n_trials reached: running the same command again adds nothing
+    proc = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra.sweeper.n_trials=4", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 of 4 trials done" in proc.stdout + proc.stderr and len(study_of(sweep_dir).trials) == 5
+
+
+def test_two_trials_in_parallel_with_joblib(synthetic_root, tmp_path):
+    proc = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    trials = study_of(tmp_path).trials
+    # both reported from their worker processes to the study, through the SQLite storage
+    assert [(t.state.name, sorted(t.intermediate_values)) for t in trials] == [("COMPLETE", [0, 1])] * 2
+    assert {metrics(tmp_path / str(i))["status"] for i in (0, 1)} == {"completed"}
+
+
+def test_search_refuses_to_optimize_a_test_metric(synthetic_root, tmp_path):
+    proc = search(synthetic_root, tmp_path, "optimized_metric=test/acc")
+    assert proc.returncode == 1
+    assert "optimized_metric=test/acc" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "0").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_dashboard_serves_the_study(searched):
+    sweep_dir, _ = searched
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [str(Path(sys.executable).with_name("optuna-dashboard")), f"sqlite:///{sweep_dir / 'optuna.db'}",
+         "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert dashboard.poll() is None, dashboard.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer within 60 s"
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies] == ["mnist_lit"]
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}")
+        study = study_of(sweep_dir)
+        assert [(t["number"], t["state"], t["values"]) for t in detail["trials"]] == [
+            (t.number, "Complete", [t.value]) for t in study.trials]
+        assert {p["name"] for p in detail["trials"][0]["params"]} == PARAMS
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+
+
+def test_confirm_retrains_the_best_configurations_over_seeds(searched, tmp_path):
+    sweep_dir, _ = searched
+    out = tmp_path / "confirm"
+    proc = run_cli("mnist_lit.confirm", str(sweep_dir), "top_k=2", "seeds=2", f"out={out}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = sorted(study_of(sweep_dir).trials, key=lambda t: t.value, reverse=True)[:2]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(f"trial{t.number}" for t in best)
+    for trial in best:
+        runs = [metrics(out / f"trial{trial.number}" / str(i)) for i in (0, 1)]
+        # the test set is looked at now, once per seed, with the trial's own parameters
+        assert [m["seed"] for m in runs] == [1, 2] and all(0 <= m["test_acc"] <= 1 for m in runs)
+        ran = yaml.safe_load((out / f"trial{trial.number}" / "0" / ".hydra" / "overrides.yaml").read_text())
+        assert f"data.batch_size={trial.params['data.batch_size']}" in ran
+        assert not any(o.startswith("hparams_search") for o in ran)
+    tables = proc.stdout.strip().split("\n\n")
+    assert len(tables) == 2 and "test/acc (mean ± std)" in tables[1]
+    assert len(tables[1].splitlines()) == 2 + 2 and all("| 2 |" in row for row in tables[1].splitlines()[2:])
+
+
+@pytest.mark.parametrize("name, pruner", [("median", optuna.pruners.MedianPruner),
+                                          ("hyperband", optuna.pruners.HyperbandPruner),
+                                          ("none", optuna.pruners.NopPruner)])
+def test_pruner_options(name, pruner):
+    from conftest import PROJECT
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from mnist_lit import schema
+
+    GlobalHydra.instance().clear()
+    schema.register()
+    with initialize_config_dir(str(PROJECT / "conf"), version_base="1.3"):
+        cfg = compose("train", ["hparams_search=optuna", f"hydra/sweeper/pruner={name}"],
+                      return_hydra_config=True)
+    assert isinstance(instantiate(cfg.hydra.sweeper.pruner), pruner)
+    assert cfg.hydra.sweeper._target_.endswith("mnist_lit_optuna.optuna_sweeper.OptunaSweeper")
+    assert cfg.test is False and cfg.optimized_metric == "val/acc_best"  # the search never tests
+
+
+def test_confirm_refuses_a_folder_without_a_search(tmp_path, capsys):
+    from mnist_lit.confirm import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "top_k=2"])
+    assert exit_info.value.code == 1
+    assert "not the folder of an Optuna search" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "top_k=zero"])
+    assert "top_k=zero seeds=3: both must be integers >= 1" in capsys.readouterr().err
+
+
+def test_resume_repeats_only_plain_search_overrides(tmp_path):
+    from mnist_lit.errors import UserError
+    from mnist_lit.study import SWEEPER_TARGET, resume_search
+
+    def folder(hydra_overrides, task_overrides):
+        hydra = {"sweeper": {"_target_": SWEEPER_TARGET},
+                 "overrides": {"hydra": hydra_overrides, "task": task_overrides}}
+        (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
+        return tmp_path
+
+    sweep = folder(["hydra.mode=MULTIRUN", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4",
+                    f"hydra.sweep.dir={tmp_path}/old"], ["hparams_search=optuna", "data.batch_size=64"])
+    assert resume_search(sweep, ["-m", "data.batch_size=32"]) == [
+        "-m", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4", "hparams_search=optuna",
+        f"hydra.sweep.dir={sweep}", "data.batch_size=32"]
+    # a folder may come from anyone: no targets, no other Hydra settings, no interpolations
+    for hydra_overrides, task_overrides in [(["hydra.sweeper.pruner._target_=os.system"], []),
+                                            (["hydra.job_logging.root.level=DEBUG"], []),
+                                            (["hydra.sweeper.storage=${oc.env:HOME}"], []),
+                                            ([], ["+callbacks.x._target_=runpy.run_path"])]:
+        with pytest.raises(UserError, match="refused"):
+            resume_search(folder(hydra_overrides, task_overrides), ["-m"])
+    assert resume_search(tmp_path / "elsewhere", ["-m"]) is None  # no search there: a grid sweep's resume
