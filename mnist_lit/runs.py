@@ -180,6 +180,9 @@ class PreemptionStopsTraining:
 
     def requeue(self) -> None:
         if self.came and callable(self.previous):
+            # the requeue makes SLURM send SIGTERM to the whole job, its own `scontrol requeue` child too:
+            # ignored (and so by that child) it cannot cut the requeue short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.previous(self.signum, None)
 
 
