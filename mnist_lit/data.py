@@ -242,9 +242,8 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatches:
         batches = self._batches(self.train_x, self.train_y, self.batch_size, shuffle=True)
-        if self.resume is not None:
+        if self.resume is not None:  # kept: it only applies to that epoch, whichever loader iterates it
             batches.resume_at(*self.resume)
-        self.resume = None
         return batches
 
     def resume_at(self, epoch: int, done: int) -> None:
@@ -253,7 +252,6 @@ class MNISTDataModule(pl.LightningDataModule):
         loader = self.trainer.train_dataloader if self.trainer is not None else None
         if hasattr(loader, "resume_at"):  # already made (a schedule asked for the fit's length)
             loader.resume_at(epoch, done)
-            self.resume = None
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches(self.val_x, self.val_y, self.eval_batch_size, shuffle=False)

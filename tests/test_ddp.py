@@ -12,18 +12,24 @@ class SaveRankState(pl.Callback):
     """Each process saves its parameters, its training shard's size and its logged metrics."""
 
     def __init__(self, dirpath: str):
-        self.dirpath = dirpath
+        self.dirpath, self.train_count = dirpath, 0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.train_count = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.train_count += len(batch[1])
 
     def on_train_end(self, trainer, pl_module):
         torch.save({
             "params": torch.cat([p.detach().flatten() for p in pl_module.parameters()]),
-            "train_count": pl_module.train_count,
+            "train_count": self.train_count,
             "metrics": {k: v.item() for k, v in trainer.callback_metrics.items()},
         }, f"{self.dirpath}/rank{trainer.global_rank}.pt")
 
 
 def test_ddp_two_cpu_processes(synthetic_root, tmp_path):
-    # no data.steps_per_execution override: trainer=ddp sets it to 1
+    # fast=true (the default) takes Lightning's standard path under DDP, saying why
     proc = run_cli(
         "mnist_lit.train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.max_epochs=2", "callbacks=none",
         f"data.root={synthetic_root}", "data.val_size=100", "data.download=false",
@@ -32,6 +38,7 @@ def test_ddp_two_cpu_processes(synthetic_root, tmp_path):
         env={"PYTHONPATH": os.pathsep.join([str(PROJECT / "tests"), os.environ.get("PYTHONPATH", "")])},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fast=true: 2 processes" in proc.stdout + proc.stderr
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["status"] == "completed"
     assert m["best_val_acc"] > 0.9 and m["test_acc"] > 0.9  # the synthetic classes are easy

@@ -108,6 +108,6 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, 
 
     # resumed again after its last epoch (as if killed right after the last checkpoint): nothing left to
     # train, and metrics.json still has every score
-    again = run_cli("mnist_lit.train", f"resume={run}", env={"PYTHONPATH": str(TESTS)})
+    again = run_cli("mnist_lit.train", f"resume={run}", pause[0], env={"PYTHONPATH": str(TESTS)})
     assert again.returncode == 0, again.stderr[-3000:]
     assert compared(run) == first and first["best_val_acc"] is not None
