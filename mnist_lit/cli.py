@@ -10,6 +10,8 @@ from pathlib import Path
 
 from mnist_lit.checkpoint import read_recorded_overrides
 from mnist_lit.errors import UserError, report_user_errors
+from mnist_lit.runs import expand_sweep_resume  # hook: issue #13
+
 
 def expand_resume(args: list[str]) -> list[str]:
     """`resume=<run dir>` on the command line -> that run's own overrides, its folder as the run dir and its
@@ -24,6 +26,7 @@ def expand_resume(args: list[str]) -> list[str]:
         search = resume_search(run_dir, [a for i, a in enumerate(args) if i not in found])
         if search is not None:
             return search
+        return expand_sweep_resume(args)  # #13: a grid sweep's folder: rerun its unfinished jobs
     last = run_dir / "checkpoints" / "last.ckpt"
 
     def key(arg: str) -> str:
@@ -37,8 +40,6 @@ def expand_resume(args: list[str]) -> list[str]:
     if not last.is_file():
         raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
                         "first checkpoint, or ran with callbacks=none): start it again instead.")
-    if {"-m", "--multirun"} & set(args):
-        raise UserError("resume= continues one run; it cannot be combined with --multirun.")
     return kept + ours + rest
 
 

@@ -122,11 +122,12 @@ class TensorBatches:
     Shuffling uses a permutation drawn on the tensors' own device from (seed, epoch), so an epoch's order
     is reproducible and a resumed run sees the same batches. Under DDP each process takes every
     world_size-th example of the permutation, so the processes see disjoint, equally long shards.
-    `resume_at(epoch, done)` makes that epoch's next iteration start after its first `done` batches.
+    `resume_at(epoch, done)` makes the next iteration that epoch's, after its first `done` batches; loaders
+    made from one datamodule share that position (`resume`), so whichever of them runs first skips them.
     """
 
     def __init__(self, x, y, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 gather_epoch: bool | None = None):
+                 gather_epoch: bool | None = None, resume: dict | None = None):
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
@@ -135,7 +136,7 @@ class TensorBatches:
         # than the per-batch gathers cost time.
         self.gather_epoch = x.is_cuda if gather_epoch is None else gather_epoch
         self.epoch = 0
-        self.resume: tuple[int, int] | None = None
+        self.resume = resume if resume is not None else {}
         # Lightning calls set_epoch on a loader's `sampler` at the start of every epoch.
         self.sampler, self.batch_sampler = self, None
 
@@ -143,7 +144,7 @@ class TensorBatches:
         self.epoch = epoch
 
     def resume_at(self, epoch: int, done: int) -> None:
-        self.resume = (epoch, done)
+        self.resume.update(epoch=epoch, done=done)
 
     def _num_items(self) -> int:
         n = len(self.x)
@@ -155,8 +156,11 @@ class TensorBatches:
 
     def __iter__(self):
         skip = 0
-        if self.resume is not None and self.resume[0] == self.epoch:
-            skip, self.resume = self.resume[1], None
+        if self.resume:
+            # a resumed run's first iteration: the epoch it stopped in (Lightning may start iterating before
+            # it sets the epoch), after the batches already trained
+            self.epoch, skip = self.resume["epoch"], self.resume["done"]
+            self.resume.clear()
         batches = self._batches()
         for _ in range(skip):
             next(batches, None)
@@ -209,7 +213,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.root, self.download = root, download
         self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
         self.normalize, self.split_seed = normalize, split_seed
-        self.resume: tuple[int, int] | None = None
+        self.resume: dict = {}  # where a resumed run's training starts: shared with its training loaders
         self.train_x = self.train_y = self.val_x = self.val_y = self.test_x = self.test_y = None
 
     def prepare_data(self) -> None:
@@ -235,23 +239,18 @@ class MNISTDataModule(pl.LightningDataModule):
             images, labels = load_mnist(self.root, train=False)
             self.test_x, self.test_y = to_features(images, self.normalize).to(self.device), labels.to(self.device)
 
-    def _batches(self, x, y, batch_size: int, shuffle: bool) -> TensorBatches:
+    def _batches(self, x, y, batch_size: int, shuffle: bool, resume: dict | None = None) -> TensorBatches:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return TensorBatches(x, y, batch_size, shuffle, seed=self.split_seed, rank=rank, world_size=world)
+        return TensorBatches(x, y, batch_size, shuffle, seed=self.split_seed, rank=rank, world_size=world,
+                             resume=resume)
 
     def train_dataloader(self) -> TensorBatches:
-        batches = self._batches(self.train_x, self.train_y, self.batch_size, shuffle=True)
-        if self.resume is not None:  # kept: it only applies to that epoch, whichever loader iterates it
-            batches.resume_at(*self.resume)
-        return batches
+        return self._batches(self.train_x, self.train_y, self.batch_size, shuffle=True, resume=self.resume)
 
     def resume_at(self, epoch: int, done: int) -> None:
         """Start training in `epoch` after its first `done` batches (a run resumed mid-epoch)."""
-        self.resume = (epoch, done)
-        loader = self.trainer.train_dataloader if self.trainer is not None else None
-        if hasattr(loader, "resume_at"):  # already made (a schedule asked for the fit's length)
-            loader.resume_at(epoch, done)
+        self.resume.update(epoch=epoch, done=done)
 
     def val_dataloader(self) -> TensorBatches:
         return self._batches(self.val_x, self.val_y, self.eval_batch_size, shuffle=False)

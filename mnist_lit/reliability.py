@@ -90,6 +90,9 @@ class StopOnSignal(pl.Callback):
         # every process stops at the same step (a collective under DDP, free on one device)
         if trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
             path = last_checkpoint_path(trainer)
+            cb = trainer.checkpoint_callback
+            if cb is not None and cb.save_last:  # #13: it is the run's last.ckpt, also in epoch 0: a resume
+                cb.last_model_path = str(path)  # then overwrites it instead of adding last-v1.ckpt
             trainer.save_checkpoint(path)
             raise Interrupted(self.signum or signal.SIGINT, str(path))
 

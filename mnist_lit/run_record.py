@@ -71,6 +71,14 @@ class RunRecord:
     def __init__(self, out_dir: Path, cfg, trainer: pl.Trainer, datamodule, module: pl.LightningModule):
         self.path = Path(out_dir) / "metrics.json"
         self.cfg, self.trainer, self.datamodule, self.module = cfg, trainer, datamodule, module
+        self.previous = self._previous_metrics() if cfg.get("resume") else {}
+
+    def _previous_metrics(self) -> dict:
+        """The metrics a resumed run had recorded (a run resumed after its last epoch trains nothing new)."""
+        try:
+            return dict(json.loads(self.path.read_text()).get("metrics") or {})
+        except (OSError, ValueError, AttributeError):
+            return {}
 
     @property
     def best_checkpoint(self) -> str | None:

@@ -37,6 +37,21 @@ def record_failure(out_dir: Path, err: BaseException) -> None:
         path.write_text(json.dumps({"status": "failed", "error": error_message(err)}, indent=2) + "\n")
 
 
+# per-job figures a sweep of short jobs need not draw: curves.png cost a 1-epoch job about as much CPU as half
+# its training (matplotlib's savefig); TensorBoard has every job's curves side by side, and
+# `python -m mnist_lit.evaluate run_dir=<job>` draws a job's confusion matrix and misclassified digits
+SWEEP_JOB_SKIPS = ("learning_curves", "test_images")
+
+
+def drop_figures(cfg) -> None:
+    from omegaconf import open_dict
+
+    if cfg.get("callbacks"):
+        with open_dict(cfg):
+            for name in SWEEP_JOB_SKIPS:
+                cfg.callbacks.pop(name, None)
+
+
 def keep_sweeping(task: Callable[..., T]) -> Callable[..., T]:
     """Wraps a Hydra task function so that, in a multirun, one job's error does not end the sweep.
 
@@ -55,6 +70,7 @@ def keep_sweeping(task: Callable[..., T]) -> Callable[..., T]:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return task(cfg)
+        drop_figures(cfg)
         try:
             return task(cfg)
         except Exception as err:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from mnist_lit import cli, schema
 from mnist_lit.errors import RunStopped, report_user_errors
+from mnist_lit.runs import cluster_plugins, continue_attempts  # hooks: issue #13
 from mnist_lit.sweep import keep_sweeping
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ def _train(cfg: DictConfig, stop) -> dict:
         stop, StopOnDivergence(), ResumeExactly(), GroupedSteps(cfg.fast, cfg.steps_per_execution)]
     callbacks += trial_callbacks()  # [optuna hook] in an Optuna search's trial: report val/acc, get pruned
     loggers = build_each(cfg.get("logger"), "logger")
-    trainer: pl.Trainer = build(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    trainer: pl.Trainer = build(  # #13: cluster_plugins() switches Lightning's SLURM auto-requeue off
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
     record = RunRecord(out_dir, cfg, trainer, datamodule, model)
 
@@ -81,7 +83,7 @@ def _train(cfg: DictConfig, stop) -> dict:
         if stop.signum is not None:  # a signal during the last validation: training is complete, but stop
             raise Interrupted(stop.signum, str(last_checkpoint_path(trainer)))
         fit_seconds = time.perf_counter() - start
-        metrics = final_metrics(trainer, model)
+        metrics = record.previous | final_metrics(trainer, model)
         if cfg.get("test", True):
             # the best-on-validation weights, loaded without unpickling arbitrary objects
             trainer.test(model, datamodule=datamodule, ckpt_path=record.best_checkpoint, weights_only=True,
@@ -109,6 +111,7 @@ SINGLE_RUN_DONE = False  # set by a completed run without -m: nothing else of th
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @report_user_errors
 @keep_sweeping
+@continue_attempts  # #13: a sweep job continues its own earlier attempt
 def main(cfg: DictConfig) -> float | None:
     global SINGLE_RUN_DONE
     metrics = train(cfg)

@@ -1,0 +1,298 @@
+"""Run folders and attempts: runs never share a folder, and a job that starts again continues its own work.
+
+- `ClaimRunDir` (a Hydra callback): a run or sweep folder named from the clock is claimed with an exclusive
+  mkdir, so two runs started in the same second get two folders (`<time>`, `<time>_1`); a folder named on the
+  command line that already holds another run is refused, unless the command is that run's `resume=`.
+- `continue_attempts` (wraps the task function): a sweep job that starts in a folder holding its own earlier
+  attempt (SLURM requeued it, or `-m resume=<sweep dir>` reruns the sweep) decides from that attempt's
+  metrics.json and checkpoints: completed -> left alone, its recorded metric returned; interrupted (or
+  killed) with a `checkpoints/last.ckpt` -> continued from it at the exact step; failed or nothing to
+  continue -> started clean, the earlier files moved to `previous_attempts/<n>/`.
+- On SLURM through submitit: the preemption/time-limit signal (SIGUSR2) stops training like SIGTERM, at a
+  step boundary with a resumable checkpoint, and then submitit requeues the job; Lightning's own SLURM
+  auto-requeue (which would also catch the signals, and loads its checkpoints with pickles) is switched off.
+- `expand_sweep_resume`: `-m resume=<sweep dir>` -> the sweep's own overrides, launcher and folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from mnist_lit.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
+from mnist_lit.errors import RunStopped, UserError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# what a run leaves in its folder besides Hydra's own .hydra/ and the appended train.log
+KEPT_ACROSS_ATTEMPTS = {".hydra", "train.log", "previous_attempts"}
+
+
+# ---------------------------------------------------------------------------------------- run folders
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` holds a training run's results: its metrics.json or checkpoints."""
+    return (folder / "metrics.json").is_file() or any((folder / "checkpoints").glob("*.ckpt"))
+
+
+def holds_sweep(folder: Path) -> bool:
+    return (folder / "multirun.yaml").is_file() or any(holds_run(job) for job in folder.glob("*/"))
+
+
+def _claim(folder: str) -> str:
+    """An exclusive mkdir of `folder`, else `folder_1`, `folder_2`, ...: the first that no one else made."""
+    Path(folder).parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        candidate = folder if n == 0 else f"{folder}_{n}"
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+    raise UserError(f"{folder}: 10,000 runs already use this name; choose another: hydra.run.dir=<folder>.")
+
+
+class ClaimRunDir(Callback):
+    """Gives every run and sweep a folder of its own (see the module docstring). Must come before any
+    callback that creates the folder (conf/train.yaml lists it first)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._settle(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._settle(config, "sweep")
+
+    @staticmethod
+    def _settle(config: DictConfig, kind: str) -> None:
+        node = config.hydra[kind]
+        folder = str(node.dir)
+        if "${now:" in str(node._get_node("dir")._value()):  # named from the clock: claim a fresh one
+            try:
+                claimed = _claim(folder)
+            except OSError:
+                return  # not writable: CheckRunDir reports it in one line
+            if claimed != folder:
+                with read_write(config.hydra), open_dict(config.hydra):
+                    node.dir = claimed
+                    # sweep jobs compose their config anew from these overrides: they must see the claim too
+                    config.hydra.overrides.hydra.append(f"hydra.{kind}.dir={claimed}")
+            return
+        resume = config.get("resume")
+        is_resume = resume is not None and Path(str(resume)).resolve() == Path(folder).resolve()
+        busy = holds_sweep(Path(folder)) if kind == "sweep" else holds_run(Path(folder))
+        if busy and not is_resume:
+            what = "a sweep" if kind == "sweep" else "another run (metrics.json or checkpoints)"
+            again = f"python -m mnist_lit.train {'-m ' if kind == 'sweep' else ''}resume={folder}"
+            # Hydra turns a callback's exception into a warning and goes on, so this one exits itself
+            print(f"error: hydra.{kind}.dir={folder} already holds {what}; a new {kind} never writes over "
+                  f"it. Choose another folder, leave hydra.{kind}.dir out (a fresh timestamped folder), or "
+                  f"continue that {kind} with: {again}", file=sys.stderr)
+            raise SystemExit(1)
+
+
+# ------------------------------------------------------------------------------------------- attempts
+
+def read_metrics(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def set_aside(folder: Path) -> Path | None:
+    """Move an earlier attempt's files into previous_attempts/<n>/ (nothing already written is lost)."""
+    leftovers = [p for p in folder.iterdir()
+                 if p.name not in KEPT_ACROSS_ATTEMPTS and not p.name.startswith(".")]
+    if not leftovers:
+        return None
+    n = len(list((folder / "previous_attempts").glob("*")))
+    target = folder / "previous_attempts" / str(n)
+    target.mkdir(parents=True)
+    for path in leftovers:
+        shutil.move(str(path), str(target / path.name))
+    return target
+
+
+def prepare_attempt(cfg: DictConfig, out_dir: Path, job: str) -> dict | None:
+    """Look at what an earlier attempt of this job left in `out_dir`; returns its metrics if it completed."""
+    metrics = read_metrics(out_dir)
+    status = (metrics or {}).get("status")
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if status == "completed":
+        log.info("%s completed in an earlier attempt: left alone (%s/metrics.json)", job, out_dir)
+        return metrics
+    if status == "diverged":  # deterministic: it would diverge again
+        raise RunStopped(f"{job} diverged in an earlier attempt ({metrics.get('error')}); not run again. "
+                         "Start a new sweep with a lower learning rate.", "diverged")
+    if status in (None, "interrupted") and last.is_file():
+        where = (f"epoch {metrics['epochs']}, step {metrics['steps']}" if metrics and "steps" in metrics
+                 else "its last checkpoint; the earlier attempt was killed")
+        log.info("%s: continuing its earlier attempt from %s (%s)", job, last, where)
+        with read_write(cfg), open_dict(cfg):
+            cfg.ckpt_path = str(last)
+        return None
+    moved = set_aside(out_dir) if out_dir.is_dir() else None
+    if moved is not None:
+        what = f"failed ({metrics.get('error')})" if status == "failed" else "left nothing to continue"
+        log.info("%s: its earlier attempt %s; starting it again (its files moved to %s)", job, what, moved)
+    return None
+
+
+class PreemptionStopsTraining:
+    """Inside a submitit job: submitit's preemption/time-limit signal (SIGUSR2 by default) goes to the
+    SIGTERM handler of the moment (during training: a clean stop at the next step boundary, with a resumable
+    checkpoint). `requeue()` afterwards hands the signal to submitit's own handler, which asks SLURM to
+    requeue the job and exits."""
+
+    def __init__(self):
+        name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+        self.signum = getattr(signal, f"SIG{name}", None) if "SUBMITIT_FOLDER" in os.environ else None
+        self.came, self.previous = False, None
+
+    def __enter__(self) -> PreemptionStopsTraining:
+        if self.signum is not None:
+            self.previous = signal.signal(self.signum, self._forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.signum is not None:
+            signal.signal(self.signum, self.previous)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        self.came = True
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler):
+            handler(signum, frame)
+
+    def requeue(self) -> None:
+        if self.came and callable(self.previous):
+            # the requeue makes SLURM send SIGTERM to the whole job, its own `scontrol requeue` child too:
+            # ignored (and so by that child) it cannot cut the requeue short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.previous(self.signum, None)
+
+
+def continue_attempts(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
+    """Wraps the task function: a sweep job continues its own earlier attempt (see the module docstring)."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            if cfg.get("resume"):
+                log.info("resume=%s: continuing the run in its own folder from %s", cfg.resume, cfg.ckpt_path)
+            return task(cfg)
+        done = prepare_attempt(cfg, Path(hydra_cfg.runtime.output_dir), f"job {hydra_cfg.job.num}")
+        if done is not None:
+            return done.get("metrics", {}).get(cfg.get("optimized_metric"))
+        preemption = PreemptionStopsTraining()
+        try:
+            with preemption:
+                return task(cfg)
+        except RunStopped as err:
+            if err.status == "interrupted" and preemption.came:
+                print(f"stopped: {err}", file=sys.stderr)
+                preemption.requeue()  # submitit: checkpoint() + scontrol requeue, then exits
+            # otherwise (SIGTERM) SLURM has requeued or cancelled the job itself; the exit that follows
+            # (report_user_errors) records no result, so the sweep waits for the job's next attempt
+            raise
+
+    return wrapper
+
+
+def cluster_plugins() -> list:
+    """Under SLURM, Lightning's SLURM environment without its auto-requeue: submitit requeues the job
+    (launcher and checkpoint() from hydra-submitit-launcher), and mnist-lit continues it from last.ckpt."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+# ------------------------------------------------------------------------------------------ sweep resume
+
+def _key(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~")
+
+
+# the recorded Hydra options a resumed sweep repeats: the launcher and its resources. Others (a launcher's
+# `setup` lines, `_target_`s, callbacks, search paths) could run code, and a sweep folder may come from anyone
+LAUNCHER_GROUPS = {"hydra/launcher", "hydra/sweeper", "hydra.mode"}
+LAUNCHER_KEYS = {
+    "timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name", "partition",
+    "qos", "comment", "constraint", "exclude", "gres", "cpus_per_gpu", "gpus_per_task", "mem_per_gpu",
+    "mem_per_cpu", "account", "array_parallelism", "max_num_timeout", "signal_delay_s", "n_jobs", "backend",
+    "prefer", "verbose", "pre_dispatch", "batch_size",
+}
+
+
+def check_recorded(override: str, source: str) -> None:
+    """Refuse a recorded sweep override that could run code (mnist_lit.allowlist's rules, for each value of
+    a sweep; for Hydra's options, only the launcher and its resources)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key = _key(override)
+    if key.split("/")[0].split(".")[0] == "hydra":
+        value = override.split("=", 1)[1] if "=" in override else ""
+        resource = key.removeprefix("hydra.launcher.") in LAUNCHER_KEYS
+        known = key in LAUNCHER_GROUPS | SAFE_HYDRA_KEYS or resource
+        if not (known and re.fullmatch(r"[\w.@:/-]*", value)):
+            raise refusal(source, f"the sweep's recorded option {override!r} is not repeated (only the "
+                                  "launcher and its resources are); give it on the command line if you trust "
+                                  "it")
+        return
+    parsed = OverridesParser.create().parse_override(override)
+    if not parsed.is_sweep_override():
+        return check_override(override, source)
+    for value in parsed.sweep_string_iterator():
+        check_override(f"{parsed.get_key_element()}={value}", source)
+
+
+def expand_sweep_resume(args: list[str]) -> list[str]:
+    """`-m resume=<sweep dir> [hydra overrides]` of a grid sweep (an Optuna search continues its study:
+    mnist_lit.study) -> the sweep's own overrides (from its multirun.yaml), its launcher and its folder, then
+    this command's hydra overrides (which win, e.g. another launcher)."""
+    found = [i for i, a in enumerate(args) if a.startswith("resume=")]
+    if not found:
+        return args
+    sweep_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        raise UserError(f"resume={sweep_dir}: not a sweep folder (no multirun.yaml). Pass the folder of the "
+                        "sweep to continue (logs/train/multiruns/<date_time>); for a single run, drop -m.")
+    try:  # plain YAML: OmegaConf would resolve interpolations while reading
+        sweep = yaml.safe_load(saved.read_text())
+        hydra_overrides, task_overrides = (list(sweep["hydra"]["overrides"][k]) for k in ("hydra", "task"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"resume={sweep_dir}: its multirun.yaml cannot be read ({err}). Restore it from the "
+                        "original sweep, or start a new sweep.") from None
+    rest = [a for i, a in enumerate(args) if i not in found]
+    changed = [a for a in rest
+               if "=" in a and not _key(a).startswith("hydra") and a not in task_overrides]
+    if changed:
+        raise UserError(f"-m resume={sweep_dir} reruns the sweep's unfinished jobs with the sweep's own "
+                        f"overrides; it takes only hydra options (e.g. hydra/launcher=joblib) and the "
+                        f"sweep's own overrides, not {' '.join(changed)}. Start a new sweep to change them.")
+    ours = [f"hydra.sweep.dir='{sweep_dir}'", f"resume='{sweep_dir}'"]
+    given = {_key(a) for a in ours + rest if "=" in a}
+    kept = [o for o in hydra_overrides + task_overrides if _key(o) not in given]
+    for override in kept:  # those given again on this command line are the user's own: not checked
+        check_recorded(override, str(saved))
+    flags = [a for a in rest if a.startswith("-")]  # Hydra's parser wants its flags before the overrides
+    return flags + kept + ours + [a for a in rest if not a.startswith("-")]
