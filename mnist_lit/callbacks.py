@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -224,7 +223,7 @@ class LogTestImages(pl.Callback):
         worst = result.most_confident_errors(self.count)
         matrix = confusion_matrix_image(result.confusion, f"Confusion matrix: test accuracy {result.accuracy:.2%}")
         # "true>predicted" on each digit (`python -m mnist_lit.evaluate` draws the captioned figure)
-        captions = [f"{int(t)}>{int(p)}" for t, p in zip(result.labels[worst], result.predicted[worst])]
+        captions = [f"{int(t)}>{int(p)}" for t, p in zip(result.labels[worst], result.predicted[worst], strict=True)]
         grid = labelled_grid(to_pixels(dm.test_x[worst], dm.normalize), captions, nrow=6, scale=3) if captions else None
         for lg in tensorboards(trainer):
             lg.experiment.add_image("test/confusion_matrix", matrix, global_step=trainer.global_step,

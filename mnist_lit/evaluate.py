@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
 from mnist_lit.errors import UserError, report_user_errors
 from mnist_lit.scoring import NUM_CLASSES, Evaluation, evaluate_net
+
+if TYPE_CHECKING:
+    import torch
+
 
 def load_test_set(root: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The official 10k test images (uint8, N x 28 x 28) and labels; an error says how to point at them."""

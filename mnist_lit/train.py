@@ -48,7 +48,12 @@ def _train(cfg: DictConfig, stop) -> dict:
     from mnist_lit.fast import GroupedSteps, unfused_for_clipping
     from mnist_lit.optuna_trial import TrialPruned, trial_callbacks  # [optuna hook]
     from mnist_lit.reliability import (
-        AtomicCheckpointIO, Interrupted, ResumeExactly, StopOnDivergence, end_early, last_checkpoint_path,
+        AtomicCheckpointIO,
+        Interrupted,
+        ResumeExactly,
+        StopOnDivergence,
+        end_early,
+        last_checkpoint_path,
     )
     from mnist_lit.run_record import RunRecord, final_metrics
 

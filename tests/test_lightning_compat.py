@@ -7,7 +7,6 @@ pyproject bounds lightning to the releases this passed on.
 from importlib.metadata import requires, version
 
 import lightning.pytorch as pl
-import pytest
 import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
