@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 from conftest import SYNTHETIC_OVERRIDES, run_cli
+from test_runs import slurm  # noqa: F401 (the fixture: a running local SLURM, or a skip that says why)
 
 # short trials: these tests are about the search, not the training
 SHORT = [*SYNTHETIC_OVERRIDES, "callbacks=none", "threads=1", "hparams_search=optuna"]
@@ -251,3 +252,17 @@ def test_resume_repeats_only_plain_search_overrides(tmp_path):
         with pytest.raises(UserError, match="refused"):
             resume_search(folder(hydra_overrides, task_overrides), ["-m"])
     assert resume_search(tmp_path / "elsewhere", ["-m"]) is None  # no search there: a grid sweep's resume
+
+
+@pytest.mark.slurm
+def test_two_parallel_trials_as_slurm_jobs_share_the_study(slurm, synthetic_root, tmp_path):
+    # the launcher submits both trials of a batch to the local SLURM cluster at once; each job reports its
+    # epochs to the study through the SQLite file in the sweep folder (shared storage)
+    proc = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+                  "hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1",
+                  "hydra.launcher.timeout_min=10", "trainer.max_epochs=2", timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert [(t.state.name, sorted(t.intermediate_values)) for t in trials] == [("COMPLETE", [0, 1])] * 2
+    assert len(list((tmp_path / ".submitit").glob("*/*_log.err"))) == 2  # two SLURM jobs ran them
+    assert {metrics(tmp_path / str(i))["status"] for i in (0, 1)} == {"completed"}
