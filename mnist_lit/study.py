@@ -78,7 +78,9 @@ def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
     for override in kept:
         check_search_override(override, str(sweep_dir / "multirun.yaml"))
     flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants -m before the overrides
-    return [*flags, *kept, f"hydra.sweep.dir={sweep_dir}", *(a for a in args if not a.startswith("-"))]
+    # resume=: the run-folder claim (mnist_lit/runs.py) lets a search continue in its own folder
+    return [*flags, *kept, f"hydra.sweep.dir={sweep_dir}", f"resume={sweep_dir}",
+            *(a for a in args if not a.startswith("-"))]
 
 
 def load_study(sweep_dir: Path):
