@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mnist_lit.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
 from mnist_lit.errors import RunStopped, UserError
@@ -66,6 +66,13 @@ def _claim(folder: str) -> str:
     raise UserError(f"{folder}: 10,000 runs already use this name; choose another: hydra.run.dir=<folder>.")
 
 
+def continues_search(config: DictConfig, folder: Path) -> bool:
+    """An Optuna search started again on the folder of its own study: it continues that study (the same
+    command again, as well as `-m resume=`), so the folder is its own."""
+    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+    return "mnist_lit_optuna" in sweeper and (folder / "optuna.db").is_file()
+
+
 class ClaimRunDir(Callback):
     """Gives every run and sweep a folder of its own (see the module docstring). Must come before any
     callback that creates the folder (conf/train.yaml lists it first)."""
@@ -94,6 +101,10 @@ class ClaimRunDir(Callback):
         resume = config.get("resume")
         is_resume = resume is not None and Path(str(resume)).resolve() == Path(folder).resolve()
         busy = holds_sweep(Path(folder)) if kind == "sweep" else holds_run(Path(folder))
+        if busy and not is_resume and continues_search(config, Path(folder)):
+            print(f"continuing the Optuna search of {folder} (its study: {Path(folder) / 'optuna.db'})",
+                  file=sys.stderr)
+            return
         if busy and not is_resume:
             what = "a sweep" if kind == "sweep" else "another run (metrics.json or checkpoints)"
             again = f"python -m mnist_lit.train {'-m ' if kind == 'sweep' else ''}resume={folder}"

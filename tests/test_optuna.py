@@ -266,3 +266,13 @@ def test_two_parallel_trials_as_slurm_jobs_share_the_study(slurm, synthetic_root
     assert [(t.state.name, sorted(t.intermediate_values)) for t in trials] == [("COMPLETE", [0, 1])] * 2
     assert len(list((tmp_path / ".submitit").glob("*/*_log.err"))) == 2  # two SLURM jobs ran them
     assert {metrics(tmp_path / str(i))["status"] for i in (0, 1)} == {"completed"}
+
+
+def test_the_same_search_command_again_continues_its_study(synthetic_root, tmp_path):
+    first = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=1", "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing the Optuna search of" in again.stderr
+    assert [t.state.name for t in study_of(tmp_path).trials] == ["COMPLETE", "COMPLETE"]
+    assert metrics(tmp_path / "0")["status"] == metrics(tmp_path / "1")["status"] == "completed"
