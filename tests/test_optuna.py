@@ -243,7 +243,7 @@ def test_resume_repeats_only_plain_search_overrides(tmp_path):
                     f"hydra.sweep.dir={tmp_path}/old"], ["hparams_search=optuna", "data.batch_size=64"])
     assert resume_search(sweep, ["-m", "data.batch_size=32"]) == [
         "-m", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4", "hparams_search=optuna",
-        f"hydra.sweep.dir={sweep}", "data.batch_size=32"]
+        f"hydra.sweep.dir={sweep}", f"resume={sweep}", "data.batch_size=32"]
     # a folder may come from anyone: no targets, no other Hydra settings, no interpolations
     for hydra_overrides, task_overrides in [(["hydra.sweeper.pruner._target_=os.system"], []),
                                             (["hydra.job_logging.root.level=DEBUG"], []),
