@@ -83,8 +83,7 @@ def unsupported(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:
     for cb in trainer.callbacks:
         if getattr(cb, "steps_in_groups", False) or isinstance(cb, TrainingCurve):
             continue
-        if isinstance(cb, Checkpoint) and not (getattr(cb, "_every_n_train_steps", 0)
-                                               or getattr(cb, "_train_time_interval", None)):
+        if isinstance(cb, Checkpoint) and not compat.saves_within_epochs(cb):
             continue  # saves at epoch ends
         if any(getattr(type(cb), hook) is not getattr(pl.Callback, hook) for hook in PER_STEP_HOOKS):
             return f"callback {type(cb).__name__} acts on every batch"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Checkpoint
 
 
 def count_optimizer_steps(trainer: pl.Trainer, steps: int) -> None:
@@ -37,3 +38,9 @@ def fit_length(trainer: pl.Trainer, steps: int):
         yield
     finally:
         loop.max_steps = saved
+
+
+def saves_within_epochs(checkpoint: Checkpoint) -> bool:
+    """Whether a checkpoint callback saves every n training steps or every so much time (mid-epoch, per batch:
+    it would see one batch per group), rather than at epoch ends. ModelCheckpoint keeps both settings private."""
+    return bool(getattr(checkpoint, "_every_n_train_steps", 0) or getattr(checkpoint, "_train_time_interval", None))

@@ -64,6 +64,16 @@ def test_counted_steps_are_global_steps_and_logger_steps():
     assert module.estimated == 1234 and trainer.max_steps == -1  # fit_length restores max_steps
 
 
+def test_checkpoint_saving_within_epochs_is_seen():
+    from datetime import timedelta
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    assert not compat.saves_within_epochs(ModelCheckpoint(save_last=True, monitor="val/acc", mode="max"))
+    assert compat.saves_within_epochs(ModelCheckpoint(every_n_train_steps=5))
+    assert compat.saves_within_epochs(ModelCheckpoint(train_time_interval=timedelta(minutes=1)))
+
+
 def test_pyproject_bounds_lightning_to_the_tested_release():
     spec = next(Requirement(r).specifier for r in requires("mnist-lit") if Requirement(r).name == "lightning")
     installed = Version(version("lightning"))

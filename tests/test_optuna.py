@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import SYNTHETIC_OVERRIDES, run_cli
 from test_runs import slurm  # noqa: F401 (the fixture: a running local SLURM, or a skip that says why)
+from test_sweeps import metrics
 
 # short trials: these tests are about the search, not the training
 SHORT = [*SYNTHETIC_OVERRIDES, "callbacks=none", "threads=1", "hparams_search=optuna"]
@@ -24,10 +25,6 @@ PARAMS = {"model.optimizer.lr", "data.batch_size", "model.net.hidden_sizes.0", "
 def search(root, sweep_dir, *overrides, timeout=300):
     return run_cli("mnist_lit.train", "-m", f"data.root={root}", *SHORT, *overrides,
                    f"hydra.sweep.dir={sweep_dir}", timeout=timeout)
-
-
-def metrics(job_dir):
-    return json.loads((job_dir / "metrics.json").read_text())
 
 
 def study_of(sweep_dir):
