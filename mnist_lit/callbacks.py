@@ -115,16 +115,13 @@ class StepProgressBar(RichProgressBar):
         if now - self._last_update < self.update_seconds:
             return
         self._last_update = now
-        if not self.is_disabled and self.train_progress_bar_id is None:
-            self._initialize_train_progress_bar_id()  # a run resumed mid-epoch
         total = self.total_train_batches
-        done = trainer.global_step - trainer.current_epoch * total
-        self._update(self.train_progress_bar_id, max(0, min(done, total)))
-        self._update_metrics(trainer, pl_module)
-        self.refresh()
+        done = max(0, min(trainer.global_step - trainer.current_epoch * total, total))
+        # Rich's bar shows batch_idx + 1 done: here, the optimizer steps of the epoch so far
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, done - 1)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._update(self.train_progress_bar_id, self.total_train_batches)
+        super().on_train_batch_end(trainer, pl_module, None, None, self.total_train_batches - 1)
         super().on_train_epoch_end(trainer, pl_module)
 
 
