@@ -242,16 +242,28 @@ def result_hparams(cfg) -> dict:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     flat = {"seed": cfg.seed, "data/batch_size": cfg.data.batch_size, "data/normalize": cfg.data.normalize,
             "trainer/max_epochs": cfg.trainer.get("max_epochs")}
-    for part in ("net", "optimizer", "scheduler", "augment"):
+    parts = ("net", "optimizer", "scheduler", "augment")
+    for part in parts:
         node = model.get(part)
         if not isinstance(node, dict):
             flat[part] = "none"
             continue
         flat[f"{part}/class"] = str(node.get("_target_", "")).rsplit(".", 1)[-1]
         flat.update({f"{part}/{k}": v for k, v in node.items() if not k.startswith("_") and k not in NOT_HPARAMS})
-    flat.update({f"model/{k}": v for k, v in model.items()
-                 if not isinstance(v, (dict, list)) and not k.startswith("_") and k not in NOT_HPARAMS})
+    # an optimizer left at its default weight decay still gets the column (Adam: 0), so runs compare
+    flat.setdefault("optimizer/weight_decay", _default_argument(model["optimizer"]["_target_"], "weight_decay"))
+    flat.update({f"model/{k}": v for k, v in model.items() if k not in parts
+                 and not isinstance(v, (dict, list)) and not k.startswith("_") and k not in NOT_HPARAMS})
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+
+
+def _default_argument(target: str, name: str):
+    import inspect
+
+    from hydra.utils import get_method
+
+    parameter = inspect.signature(get_method(target)).parameters.get(name)
+    return "none" if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def log_hparams(trainer: pl.Trainer, cfg, metric_names: list[str]) -> None:

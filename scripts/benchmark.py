@@ -8,6 +8,7 @@ peak host RSS, peak GPU memory (on a GPU), final val and test accuracy; and the 
 
     python scripts/benchmark.py --root ../shared/mnist --epochs 10 --batch-size 32 --reps 3
     python scripts/benchmark.py --reps 3 -- fast=false   (extra mnist-lit overrides)
+    python scripts/benchmark.py --reps 3 --bare -- fast=false   (also the bare-Lightning floor)
 
 Also measured, interleaved the same way: each variant's import time (a fresh interpreter importing what the
 command imports before it starts fitting).
@@ -52,9 +53,9 @@ def mnist_lit(args, run_dir: str) -> dict:
     }
 
 
-def plain(args) -> dict:
+def plain(args, script: str = "scripts/plain_pytorch.py") -> dict:
     cmd = [
-        sys.executable, "scripts/plain_pytorch.py", "--json", "--root", args.root, "--epochs", str(args.epochs),
+        sys.executable, script, "--json", "--root", args.root, "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size), "--device", args.device,
     ]
     wall, out = run(cmd)
@@ -70,6 +71,8 @@ IMPORTS = {
     "mnist-lit": "import mnist_lit.train; from mnist_lit import building, callbacks, checkpoint, data, fast, "
                  "module, reliability, run_record; import lightning.pytorch",
     "plain": "import torch, torch.nn.functional; from torchvision.datasets import MNIST",
+    "lightning-bare": "import torch, torch.nn.functional; from torchvision.datasets import MNIST; "
+                      "import lightning.pytorch",
 }
 
 
@@ -90,15 +93,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--json", dest="json_path", help="also write all measurements to this JSON file")
+    parser.add_argument("--bare", action="store_true",
+                        help="also run scripts/bare_lightning.py: the plain loop under a bare Lightning Trainer, "
+                             "the floor of any canonical LightningModule (compare with -- fast=false)")
     parser.add_argument("overrides", nargs="*", help="extra mnist-lit overrides (after --)")
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {"mnist-lit": [], "plain": []}
+    results: dict[str, list[dict]] = {"mnist-lit": [], "plain": []} | ({"lightning-bare": []} if args.bare else {})
+    runners = {"plain": lambda rep: plain(args), "mnist-lit": lambda rep: mnist_lit(args, f"{tmp}/run{rep}"),
+               "lightning-bare": lambda rep: plain(args, "scripts/bare_lightning.py")}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            # alternate which goes first, so that neither always runs on a warmer machine
-            order = ["plain", "mnist-lit"] if rep % 2 == 0 else ["mnist-lit", "plain"]
+            # rotate which goes first, so that none always runs on a warmer machine
+            names = list(results)
+            order = names[rep % len(names):] + names[: rep % len(names)]
             for name in order:
-                r = plain(args) if name == "plain" else mnist_lit(args, f"{tmp}/run{rep}")
+                r = runners[name](rep)
                 r["import_s"] = import_seconds(name)
                 results[name].append(r)
                 print(f"rep {rep + 1}/{args.reps} {name:9s} wall {r['wall_s']:6.2f} s  fit {r['fit_s']:6.2f} s  "
@@ -118,10 +127,12 @@ def main() -> None:
               f"{statistics.median(sps):.0f} | {statistics.median([r['rss_mb'] for r in rs]):.0f} | "
               f"{statistics.median(gpu) if gpu else '-'} | {statistics.median([r['val_acc'] for r in rs]):.4f} | "
               f"{statistics.median([r['test_acc'] for r in rs]):.4f} |")
-    print("\nratio mnist-lit / plain (min / median / max over repetitions):")
-    for key, label in (("wall_s", "whole command"), ("import_s", "import"), ("fit_s", "fit"), ("rss_mb", "peak RSS")):
-        ratios = [a[key] / b[key] for a, b in zip(results["mnist-lit"], results["plain"])]
-        print(f"  {label:14s} {spread(ratios)}")
+    for name in (n for n in results if n != "plain"):
+        print(f"\nratio {name} / plain (min / median / max over repetitions):")
+        for key, label in (("wall_s", "whole command"), ("import_s", "import"), ("fit_s", "fit"),
+                           ("rss_mb", "peak RSS")):
+            ratios = [a[key] / b[key] for a, b in zip(results[name], results["plain"])]
+            print(f"  {label:14s} {spread(ratios)}")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

@@ -36,8 +36,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return (loss_sum / len(x)).item(), (correct / len(x)).item()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="../shared/mnist")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -46,21 +47,44 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON line of results")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def experiment(args: argparse.Namespace):
+    """The seeded 48k/12k split, the test set and the tutorial's MLP on args.device (as bare_lightning.py)."""
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-
     x_all, y_all = load(args.root, True, device)
     perm = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(args.seed)).to(device)
     val_idx, train_idx = perm[: args.val_size], perm[args.val_size :]
-    x_train, y_train, x_val, y_val = x_all[train_idx], y_all[train_idx], x_all[val_idx], y_all[val_idx]
-    x_test, y_test = load(args.root, False, device)
+    train, val = (x_all[train_idx], y_all[train_idx]), (x_all[val_idx], y_all[val_idx])
+    test = load(args.root, False, device)
 
     model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
     for layer in (model[0], model[2]):  # as Keras' Dense, like mnist-lit's default
         nn.init.xavier_uniform_(layer.weight)
         nn.init.zeros_(layer.bias)
-    model.to(device)
+    return device, train, val, test, model.to(device)
+
+
+def report(args, device, model, fit_seconds: float, steps: int, val_acc: float, test) -> None:
+    test_loss, test_acc = evaluate(model, *test)
+    result = {
+        "fit_seconds": fit_seconds,
+        "steps": steps,
+        "ms_per_step": 1000 * fit_seconds / steps,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    }
+    print(json.dumps(result) if args.json else result)
+
+
+def main() -> None:
+    args = arguments(__doc__)
+    device, (x_train, y_train), (x_val, y_val), test, model = experiment(args)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     if device.type == "cuda":
@@ -80,18 +104,7 @@ def main() -> None:
         if not args.json:
             print(f"epoch {epoch + 1}: val_loss {val_loss:.4f} val_acc {val_acc:.4f}")
     fit_seconds = time.perf_counter() - start
-    test_loss, test_acc = evaluate(model, x_test, y_test)
-    result = {
-        "fit_seconds": fit_seconds,
-        "steps": steps,
-        "ms_per_step": 1000 * fit_seconds / steps,
-        "val_acc": val_acc,
-        "test_acc": test_acc,
-        "test_loss": test_loss,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-    }
-    print(json.dumps(result) if args.json else result)
+    report(args, device, model, fit_seconds, steps, val_acc, test)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""What a user sees in TensorBoard, read from a TensorBoard server over HTTP (what its pages call)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import SYNTHETIC_OVERRIDES, run_cli
+
+STEPS_PER_EPOCH = 16  # 500 synthetic training digits at batch 32
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tensorboard(synthetic_root, tmp_path):
+    """A 2-epoch default run (steps grouped by 5) served by `tensorboard --logdir <run>`; yields a getter."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("mnist_lit.train", f"data.root={synthetic_root}", *SYNTHETIC_OVERRIDES,
+                   "trainer.max_epochs=2", "trainer.log_every_n_steps=4", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir), "--host", "127.0.0.1", "--port",
+         str(port), "--load_fast=false", "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def get(path: str, body: dict | None = None):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/{path}", data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # until the server is up and has read the run's scalars
+            try:
+                if "test/acc" in get("data/plugin/scalars/tags").get("tensorboard", {}):
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "TensorBoard did not serve the run within 90 s"
+            time.sleep(0.5)
+        yield get
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_tensorboard_shows_curves_images_and_hparams_on_the_optimizer_step_axis(tensorboard):
+    get = tensorboard
+    assert get("data/runs") == ["tensorboard"]
+
+    def steps(tag: str) -> list[int]:
+        return [step for _, step, _ in get(f"data/plugin/scalars/scalars?run=tensorboard&tag={tag}")]
+
+    tags = set(get("data/plugin/scalars/tags")["tensorboard"])
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc",
+            "train/loss_running", "train/acc_running", "lr"} <= tags
+    # epoch scalars at the optimizer step the epoch ended on, not at group or epoch counts
+    for tag in ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc"):
+        assert steps(tag) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH], tag
+    assert steps("test/acc") == [2 * STEPS_PER_EPOCH]
+    # the running curve: a point every log_every_n_steps=4 optimizer steps, though groups are 5 steps long
+    assert steps("train/loss_running") == list(range(4, 2 * STEPS_PER_EPOCH + 1, 4))
+    assert steps("lr") == steps("train/loss_running")
+
+    images = get("data/plugin/images/tags")["tensorboard"]
+    assert set(images) == {"samples/train_digits", "test/confusion_matrix"}
+    shown = get("data/plugin/images/images?run=tensorboard&tag=test/confusion_matrix&sample=0")
+    assert [image["step"] for image in shown] == [2 * STEPS_PER_EPOCH]
+
+    # the HPARAMS tab: one row, what changes results and nothing of the plumbing, with the final metrics
+    groups = get("data/plugin/hparams/session_groups", {
+        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": [],
+        "startIndex": 0, "sliceSize": 10})["sessionGroups"]
+    assert len(groups) == 1
+    hparams = groups[0]["hparams"]
+    assert set(hparams) == {
+        "seed", "data/batch_size", "data/normalize", "trainer/max_epochs", "net/class", "net/hidden_sizes",
+        "net/dropout", "net/init", "optimizer/class", "optimizer/lr", "optimizer/weight_decay", "scheduler",
+        "augment", "model/label_smoothing"}
+    assert hparams["optimizer/class"] == "Adam" and hparams["optimizer/weight_decay"] == 0.0
+    assert hparams["net/hidden_sizes"] == "[128]" and hparams["trainer/max_epochs"] == 2.0
+    metrics = {m["name"]["tag"]: m for m in groups[0]["metricValues"]}
+    assert {"test/acc", "val/acc_best", "train/loss"} <= set(metrics)
+    assert metrics["test/acc"]["trainingStep"] == 2 * STEPS_PER_EPOCH
