@@ -28,9 +28,10 @@ class ReportToTrial(pl.Callback):
         import optuna
 
         self.monitor = monitor
+        store = storage(storage_url)
+        trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(study_name), number)
         # the storage keeps no pruner: the trial asks the one of the sweep's config
-        study = optuna.load_study(study_name=study_name, storage=storage(storage_url), pruner=pruner)
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        study = optuna.load_study(study_name=study_name, storage=store, pruner=pruner)
         self.trial = optuna.trial.Trial(study, trial_id)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
