@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SYNTHETIC_OVERRIDES, compose, run_cli
+from torch.overrides import TorchFunctionMode
 
 from mnist_lit.augment import RandomAffine
 from mnist_lit.data import MNISTDataModule
@@ -156,6 +157,31 @@ def test_bad_teacher_and_settings(synthetic_cnn_run, synthetic_root, tmp_path, o
     with pytest.raises(UserError, match="model.teacher was trained with data.normalize=False, this run has "
                                         "data.normalize=True"):
         fit(student(synthetic_cnn_run), synthetic_root, epochs=1, normalize=True)
+
+
+class NoHostReads(TorchFunctionMode):
+    """Raises on every call that reads a tensor's values back to the host (on a GPU: waits for it)."""
+
+    READS = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu", "nonzero",
+             "masked_select", "unique"}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            raise AssertionError(f"host read: {func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_teacher_and_distillation_loss_read_nothing_back_to_the_host(synthetic_cnn_run, one_thread):
+    # the CPU stand-in for the GPU test below: no call in the step could make the host wait for a device
+    model = student(synthetic_cnn_run, augment=RandomAffine(degrees=10, translate=2))
+    x, y = torch.rand(64, 784), torch.randint(0, 10, (64,))
+    with NoHostReads():
+        x = model.augment(x)
+        loss = model.training_loss(model(x), y, x)
+        loss.backward()
+    assert torch.isfinite(loss) and model.net[0].weight.grad is not None
+    with pytest.raises(AssertionError, match="host read: item"), NoHostReads():
+        loss.item()  # the trap itself works
 
 
 @pytest.mark.gpu
