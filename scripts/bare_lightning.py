@@ -11,6 +11,7 @@ scripts/benchmark.py (`--bare` runs this script beside the others).
 """
 
 import logging
+import os
 import time
 
 import lightning.pytorch as pl
@@ -68,6 +69,9 @@ def main() -> None:
         accelerator=device.type, devices=1, max_epochs=args.epochs, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[validate], num_sanity_val_steps=0,
     )
+    if device.type == "cpu":
+        # as mnist_lit/train.py: Lightning's NVML-based CUDA check would reload NVML inside every Adam step
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     start = time.perf_counter()
     trainer.fit(Bare(model, args.lr), train_dataloaders=Batches(*train, args.batch_size))
     fit_seconds = time.perf_counter() - start
