@@ -80,13 +80,15 @@ def test_grid_sweep_jobs_tensorboard_and_summary(synthetic_root, tmp_path):
 def test_joblib_sweep_runs_jobs_in_parallel_without_oversubscription(synthetic_root, tmp_path):
     import joblib
 
-    proc = sweep(synthetic_root, tmp_path, "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    # the jobs sweep the network too: the CNN option sweeps as the MLP does
+    proc = sweep(synthetic_root, tmp_path, "model/net=mlp,cnn", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     threads = max(1, joblib.cpu_count() // 2)  # joblib limits each worker's thread pools to cores / n_jobs
-    for i in (0, 1):
+    for i, params in ((0, 101_770), (1, 215_418)):
         m = metrics(tmp_path / str(i))
-        assert m["status"] == "completed" and m["seed"] == i + 1
+        assert m["status"] == "completed" and m["trainable_params"] == params
         assert f", {threads} threads)" in m["device"]
 
 
