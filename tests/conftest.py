@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -156,3 +162,39 @@ SYNTHETIC_CNN_RUN = [
 @pytest.fixture(scope="session")
 def synthetic_cnn_run(synthetic_root, tmp_path_factory) -> Path:
     return trained_run(tmp_path_factory, "synthetic_cnn", [f"data.root={synthetic_root}", *SYNTHETIC_CNN_RUN])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, body: dict | None = None):
+    """GET `url` (POST with a JSON `body`) and parse the JSON answer; TensorBoard wants its XSRF header."""
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@contextmanager
+def local_server(command: list[str], ready: Callable[[], bool], name: str, timeout: float):
+    """Runs a web server's `command` while the block runs: first waits until `ready()` is true (an OSError
+    means not yet), failing with the server's stderr if it exits and with `name` after `timeout` seconds."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, f"{name} did not answer within {timeout:.0f} s"
+            time.sleep(0.5)
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,19 +1,14 @@
 """The Optuna search (hydra_plugins/mnist_lit_optuna) end to end on synthetic data: trials, pruning, resuming
 a study, parallel trials, the dashboard, and confirming the best configurations over seeds."""
 
-import json
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import SYNTHETIC_OVERRIDES, run_cli
+from conftest import SYNTHETIC_OVERRIDES, free_port, get_json, local_server, run_cli
 from test_runs import slurm  # noqa: F401 (the fixture: a running local SLURM, or a skip that says why)
 from test_sweeps import metrics
 
@@ -136,42 +131,20 @@ def test_search_refuses_to_optimize_a_test_metric(synthetic_root, tmp_path):
     assert not (tmp_path / "0").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_dashboard_serves_the_study(searched):
     sweep_dir, _ = searched
     port = free_port()
-    dashboard = subprocess.Popen(
-        [str(Path(sys.executable).with_name("optuna-dashboard")), f"sqlite:///{sweep_dir / 'optuna.db'}",
-         "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
-                break
-            except OSError:
-                assert dashboard.poll() is None, dashboard.stderr.read().decode()[-2000:]
-                assert time.monotonic() < deadline, "optuna-dashboard did not answer within 60 s"
-                time.sleep(0.5)
+    command = [str(Path(sys.executable).with_name("optuna-dashboard")),
+               f"sqlite:///{sweep_dir / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)]
+    studies_url = f"http://127.0.0.1:{port}/api/studies"
+    with local_server(command, lambda: get_json(studies_url) is not None, "optuna-dashboard", timeout=60):
+        studies = get_json(studies_url)["study_summaries"]
         assert [s["study_name"] for s in studies] == ["mnist_lit"]
         detail = get_json(f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}")
         study = study_of(sweep_dir)
         assert [(t["number"], t["state"], t["values"]) for t in detail["trials"]] == [
             (t.number, "Complete", [t.value]) for t in study.trials]
         assert {p["name"] for p in detail["trials"][0]["params"]} == PARAMS
-    finally:
-        dashboard.terminate()
-        dashboard.wait(timeout=30)
 
 
 def test_confirm_retrains_the_best_configurations_over_seeds(searched, tmp_path):

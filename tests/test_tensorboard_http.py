@@ -2,57 +2,29 @@
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
+from conftest import free_port, get_json, local_server
 
 STEPS_PER_EPOCH = 1500  # the tutorial's: 48,000 training digits at batch 32
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def tensorboard(real_run):
     """conftest's 3-epoch default run on the real MNIST (steps grouped by 50, a running point every 75),
     served by `tensorboard --logdir <run dir>`; yields a getter of its HTTP endpoints."""
-    run_dir = real_run
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(run_dir), "--host", "127.0.0.1", "--port",
-         str(port), "--load_fast=false", "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def get(path: str, body: dict | None = None):
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/{path}", data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return get_json(f"http://127.0.0.1:{port}/{path}", body)
 
-    try:
-        deadline = time.monotonic() + 90
-        while True:  # until the server is up and has read the run's scalars
-            try:
-                if "test/acc" in get("data/plugin/scalars/tags").get("tensorboard", {}):
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "TensorBoard did not serve the run within 90 s"
-            time.sleep(0.5)
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(real_run), "--host", "127.0.0.1",
+               "--port", str(port), "--load_fast=false", "--reload_interval", "1"]
+    # ready once the server is up and has read the run's scalars
+    with local_server(command, lambda: "test/acc" in get("data/plugin/scalars/tags").get("tensorboard", {}),
+                      "TensorBoard", timeout=90):
         yield get
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_tensorboard_shows_curves_images_and_hparams_on_the_optimizer_step_axis(tensorboard):
