@@ -53,7 +53,8 @@ def mnist_lit(args, run_dir: str) -> dict:
     }
 
 
-def plain(args, script: str = "scripts/plain_pytorch.py") -> dict:
+def reference(args, script: str) -> dict:
+    """A reference script (plain_pytorch.py, bare_lightning.py) as a whole command; they print the same JSON."""
     cmd = [
         sys.executable, script, "--json", "--root", args.root, "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size), "--device", args.device,
@@ -99,9 +100,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra mnist-lit overrides (after --)")
     args = parser.parse_args()
     results: dict[str, list[dict]] = {"mnist-lit": [], "plain": []} | ({"lightning-bare": []} if args.bare else {})
-    runners = {"plain": lambda rep: plain(args), "mnist-lit": lambda rep: mnist_lit(args, f"{tmp}/run{rep}"),
-               "lightning-bare": lambda rep: plain(args, "scripts/bare_lightning.py")}
     with tempfile.TemporaryDirectory() as tmp:
+        runners = {"plain": lambda rep: reference(args, "scripts/plain_pytorch.py"),
+                   "mnist-lit": lambda rep: mnist_lit(args, f"{tmp}/run{rep}"),
+                   "lightning-bare": lambda rep: reference(args, "scripts/bare_lightning.py")}
         for rep in range(args.reps):
             # rotate which goes first, so that none always runs on a warmer machine
             names = list(results)
@@ -131,7 +133,7 @@ def main() -> None:
         print(f"\nratio {name} / plain (min / median / max over repetitions):")
         for key, label in (("wall_s", "whole command"), ("import_s", "import"), ("fit_s", "fit"),
                            ("rss_mb", "peak RSS")):
-            ratios = [a[key] / b[key] for a, b in zip(results[name], results["plain"])]
+            ratios = [a[key] / b[key] for a, b in zip(results[name], results["plain"], strict=True)]
             print(f"  {label:14s} {spread(ratios)}")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
