@@ -15,11 +15,35 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from mnist_lit import schema
 
 PROJECT = Path(__file__).resolve().parent.parent
 REAL_ROOT = Path(os.environ.get("MNIST_ROOT", PROJECT.parent / "shared" / "mnist"))
+MAX_WORKERS = 4  # each worker's CLI runs hold about 1.2 GB; more workers than cores only wait for each other
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # the cores shared out among the workers (pyproject runs pytest-xdist): torch in a worker and in the CLI
+    # runs it starts gets its share, not all the cores each, which would make every worker wait for the others
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core, at most MAX_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def pytest_collection_modifyitems(items) -> None:
+    # `--dist loadgroup`: the SLURM tests run one after the other on one worker, each with the cluster's cores
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+    # the longest first (the SLURM group, then the other slow ones), so that no worker is left with a long
+    # test at the end while the others wait
+    items.sort(key=lambda item: (not item.get_closest_marker("slurm"), not item.get_closest_marker("slow")))
 
 
 def write_idx(path: Path, data: torch.Tensor) -> None:
@@ -50,10 +74,24 @@ def write_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
     return root
 
 
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
+    """The test session's `name` folder, made by `make(folder)` once, whichever test asks first; under
+    pytest-xdist once for all the workers (the others wait for it), in the folder above their own."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    done = folder.with_name(f"{folder.name}.made")
+    with FileLock(folder.with_name(f"{folder.name}.lock")):
+        if not done.exists():
+            make(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """A data root with 600 train / 200 test synthetic digits in torchvision's layout (read-only use)."""
-    return write_mnist(tmp_path_factory.mktemp("synthetic_mnist"))
+    return made_once(tmp_path_factory, "synthetic_mnist", write_mnist)
 
 
 @pytest.fixture
@@ -97,12 +135,12 @@ REAL_RUN = ["trainer.max_epochs=3", "trainer=cpu", "data.download=false"]
 
 
 def trained_run(tmp_path_factory, name: str, overrides: list[str]) -> Path:
-    """A run dir trained with `overrides`, trained once per test session whichever test file asks first."""
-    run_dir = tmp_path_factory.getbasetemp() / "trained_runs" / name
-    if not (run_dir / "metrics.json").is_file():
+    """A run dir trained with `overrides`, once per test session (made_once)."""
+    def train(run_dir: Path) -> None:
         proc = run_cli("mnist_lit.train", f"hydra.run.dir={run_dir}", *overrides)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+
+    return made_once(tmp_path_factory, f"trained_runs/{name}", train)
 
 
 def synthetic_run_dir(tmp_path_factory, synthetic_root: Path) -> Path:

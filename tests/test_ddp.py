@@ -4,6 +4,7 @@ import json
 import os
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from conftest import PROJECT, run_cli
 
@@ -28,6 +29,7 @@ class SaveRankState(pl.Callback):
         }, f"{self.dirpath}/rank{trainer.global_rank}.pt")
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(synthetic_root, tmp_path):
     # fast=true (the default) takes Lightning's standard path under DDP, saying why
     proc = run_cli(

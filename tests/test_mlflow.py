@@ -6,6 +6,7 @@ import pytest
 from conftest import SYNTHETIC_OVERRIDES, run_cli
 
 
+@pytest.mark.slow
 def test_mlflow_logger_records_the_run(synthetic_root, tmp_path):
     from mlflow.tracking import MlflowClient
 

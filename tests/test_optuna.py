@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import SYNTHETIC_OVERRIDES, free_port, get_json, local_server, run_cli
+from conftest import SYNTHETIC_OVERRIDES, free_port, get_json, local_server, made_once, run_cli
 from test_runs import slurm  # noqa: F401 (the fixture: a running local SLURM, or a skip that says why)
 from test_sweeps import metrics
 
@@ -26,13 +26,17 @@ def study_of(sweep_dir):
     return optuna.load_study(study_name="mnist_lit", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def searched(synthetic_root, tmp_path_factory):
-    """A finished 3-trial, 2-epoch search (the default median pruner waits for 4 trials: none pruned)."""
-    sweep_dir = tmp_path_factory.mktemp("search")
-    proc = search(synthetic_root, sweep_dir, "hydra.sweeper.n_trials=3", "trainer.max_epochs=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return sweep_dir, proc.stdout + proc.stderr
+    """A finished 3-trial, 2-epoch search (the default median pruner waits for 4 trials: none pruned), and its
+    console output."""
+    def run_search(sweep_dir: Path) -> None:
+        proc = search(synthetic_root, sweep_dir, "hydra.sweeper.n_trials=3", "trainer.max_epochs=2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        sweep_dir.with_name("search.output").write_text(proc.stdout + proc.stderr)
+
+    sweep_dir = made_once(tmp_path_factory, "search", run_search)
+    return sweep_dir, sweep_dir.with_name("search.output").read_text()
 
 
 def test_search_space_from_hydra_grammar():
@@ -70,6 +74,7 @@ def test_search_trials_report_every_epoch_and_never_test(searched):
     assert results["best_value"] == pytest.approx(max(m["best_val_acc"] for m in jobs))
 
 
+@pytest.mark.slow
 def test_pruned_trials_are_recorded_as_pruned(synthetic_root, tmp_path):
     # a pruner that stops every trial after its first epoch
     proc = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=2", "trainer.max_epochs=3",
@@ -89,6 +94,7 @@ def test_pruned_trials_are_recorded_as_pruned(synthetic_root, tmp_path):
     assert "2 pruned" in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_continues_the_study_and_retries_interrupted_trials(searched, tmp_path):
     sweep_dir = tmp_path / "search"
     shutil.copytree(searched[0], sweep_dir)
@@ -113,6 +119,7 @@ def test_resume_continues_the_study_and_retries_interrupted_trials(searched, tmp
     assert "4 of 4 trials done" in proc.stdout + proc.stderr and len(study_of(sweep_dir).trials) == 5
 
 
+@pytest.mark.slow
 def test_two_trials_in_parallel_with_joblib(synthetic_root, tmp_path):
     proc = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_epochs=2")
@@ -147,6 +154,7 @@ def test_dashboard_serves_the_study(searched):
         assert {p["name"] for p in detail["trials"][0]["params"]} == PARAMS
 
 
+@pytest.mark.slow
 def test_confirm_retrains_the_best_configurations_over_seeds(searched, tmp_path):
     sweep_dir, _ = searched
     out = tmp_path / "confirm"
@@ -238,6 +246,7 @@ def test_two_parallel_trials_as_slurm_jobs_share_the_study(slurm, synthetic_root
     assert {metrics(tmp_path / str(i))["status"] for i in (0, 1)} == {"completed"}
 
 
+@pytest.mark.slow
 def test_the_same_search_command_again_continues_its_study(synthetic_root, tmp_path):
     first = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=1", "trainer.max_epochs=1")
     assert first.returncode == 0, first.stderr[-3000:]

@@ -91,6 +91,7 @@ def one_run_of_checkpoints(job_dir: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- run folders
 
+@pytest.mark.slow
 def test_two_runs_started_in_the_same_second_get_two_folders(synthetic_root, tmp_path):
     # a run folder named to the day: both runs are sure to get the same name, and so to collide
     runs = tmp_path / "runs"
@@ -109,6 +110,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(synthetic_root, tmp
             (p / "metrics.json").read_text())["seed"]
 
 
+@pytest.mark.slow
 def test_a_folder_holding_another_run_is_refused(synthetic_root, tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

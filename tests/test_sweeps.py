@@ -41,6 +41,7 @@ def hparams_of(tb_dir):
     return values, metric_tags, scalars
 
 
+@pytest.mark.slow
 def test_grid_sweep_jobs_tensorboard_and_summary(synthetic_root, tmp_path):
     # the default callbacks (checkpoints) but the misclassified-digits figure: synthetic tests have none
     proc = sweep(synthetic_root, tmp_path, "callbacks=default", "~callbacks.test_images",
@@ -77,6 +78,7 @@ def test_grid_sweep_jobs_tensorboard_and_summary(synthetic_root, tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_joblib_sweep_runs_jobs_in_parallel_without_oversubscription(synthetic_root, tmp_path):
     import joblib
 
@@ -92,6 +94,7 @@ def test_joblib_sweep_runs_jobs_in_parallel_without_oversubscription(synthetic_r
         assert f", {threads} threads)" in m["device"]
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep(synthetic_root, tmp_path):
     proc = sweep(synthetic_root, tmp_path, "seed=1,2", "hydra/launcher=submitit_local",
                  "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1")
@@ -103,6 +106,7 @@ def test_submitit_local_sweep(synthetic_root, tmp_path):
     assert list((tmp_path / ".submitit").glob("*/*_result.pkl"))
 
 
+@pytest.mark.slow
 def test_failing_job_is_recorded_and_the_others_finish(synthetic_root, tmp_path):
     # job 0 fails on a bad value; job 1 still runs; the sweep reports the failure at the end
     proc = sweep(synthetic_root, tmp_path, "data.batch_size=-1,32")
