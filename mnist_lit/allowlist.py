@@ -44,6 +44,7 @@ SAFE_TARGETS = frozenset(
         "mnist_lit.callbacks.StepAxis",
         "mnist_lit.callbacks.StepProgressBar",
         "mnist_lit.callbacks.TrainingCurve",
+        "mnist_lit.callbacks.TutorialCharts",
         "mnist_lit.errors.CheckRunDir",
         "mnist_lit.runs.ClaimRunDir",  # conf/train.yaml's hydra.callbacks (#13)
         "lightning.pytorch.Trainer",

@@ -57,14 +57,34 @@ def steps_per_epoch(trainer: pl.Trainer) -> int:
 class StepAxis(pl.Callback):
     """Puts epoch-end scalars at `global_step` (Lightning logs them at the step before the epoch's last one).
 
-    Lightning's loggers take the step from a logged "step" value when there is one.
+    Lightning's loggers take the step from a logged "step" value when there is one, and then leave out the
+    "epoch" scalar they add to every other write: it is logged here too, so TensorBoard's `epoch` chart maps
+    steps to epochs as in any Lightning run.
     """
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        pl_module.log("step", float(trainer.global_step))
+        self._log_axes(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        pl_module.log("step", float(trainer.global_step))
+        self._log_axes(trainer, pl_module)
+
+    @staticmethod
+    def _log_axes(trainer, pl_module) -> None:
+        pl_module.log_dict({"step": float(trainer.global_step), "epoch": float(trainer.current_epoch)})
+
+
+class TutorialCharts(pl.Callback):
+    """TensorBoard's CUSTOM SCALARS tab: the tutorial's two plots, training and validation loss on one chart
+    and accuracy on the other, per epoch at their optimizer steps (runs of a sweep side by side)."""
+
+    LAYOUT = {"learning curves": {
+        "loss": ["Multiline", ["^train/loss$", "^val/loss$"]],
+        "accuracy": ["Multiline", ["^train/acc$", "^val/acc$"]],
+    }}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        for lg in tensorboards(trainer):
+            lg.experiment.add_custom_scalars(self.LAYOUT)
 
 
 class TrainingCurve(pl.Callback):
@@ -235,6 +255,9 @@ NOT_HPARAMS = {"root", "download", "eval_batch_size", "num_classes", "input_size
                "capturable", "total_steps", "cycle_momentum", "image_size"}
 
 
+HPARAM_PARTS = ("net", "optimizer", "scheduler", "augment")  # the model's parts, by their own names
+
+
 def result_hparams(cfg) -> dict:
     """What changes a run's results, flat (`optimizer/lr`, `net/hidden_sizes`, ...), for TensorBoard's HPARAMS."""
     from omegaconf import OmegaConf
@@ -242,7 +265,7 @@ def result_hparams(cfg) -> dict:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     flat = {"seed": cfg.seed, "data/batch_size": cfg.data.batch_size, "data/normalize": cfg.data.normalize,
             "trainer/max_epochs": cfg.trainer.get("max_epochs")}
-    parts = ("net", "optimizer", "scheduler", "augment")
+    parts = HPARAM_PARTS
     for part in parts:
         node = model.get(part)
         if not isinstance(node, dict):
@@ -266,13 +289,49 @@ def _default_argument(target: str, name: str):
     return "none" if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
-def log_hparams(trainer: pl.Trainer, cfg, metric_names: list[str]) -> None:
-    """Write the HPARAMS table; its metric columns read the scalars the run already logged."""
+# TensorBoard's HPARAMS table shows the first five metric columns until more are ticked: accuracy first
+METRIC_ORDER = ("val/acc_best", "test/acc", "val/acc", "train/acc", "val/loss", "test/loss", "train/loss")
+
+
+def swept_hparams(names, sweep_keys) -> set[str]:
+    """Which hparam `names` (result_hparams') the config keys a sweep varies change: `model.optimizer.lr` ->
+    optimizer/lr, `model.net.hidden_sizes.0` -> net/hidden_sizes, the group `model/optimizer` -> optimizer/*.
+    """
+    import re
+
+    swept = set()
+    for key in sweep_keys:
+        parts = [part for part in re.split(r"[./]", key.lstrip("+~")) if part]
+        if len(parts) > 1 and parts[0] == "model" and parts[1] in HPARAM_PARTS:
+            parts = parts[1:]
+        path = "/".join(parts)
+        swept |= {n for n in names if n == path or n.startswith(path + "/") or path.startswith(n + "/")}
+    return swept
+
+
+def log_hparams(trainer: pl.Trainer, cfg, metric_names, sweep_keys=()) -> None:
+    """Write the HPARAMS table; its metric columns read the scalars the run already logged.
+
+    The hparams a sweep varies (`sweep_keys`, mnist_lit.sweep.sweep_keys) are marked as differing:
+    TensorBoard lists those first and shows them without a click (it shows five columns of a sweep's runs).
+    """
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
+    values = result_hparams(cfg)
+    rank = {name: i for i, name in enumerate(METRIC_ORDER)}
+    order = sorted(metric_names, key=lambda name: (rank.get(name, len(rank)), name))
+    summaries = hparams(values, dict.fromkeys(order, 0.0))  # the experiment, the session's start and end
+    # the experiment's hparams say which differ between the sweep's runs (torch's helper has no argument)
+    plugin_data = summaries[0].value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(plugin_data.content)
+    swept = swept_hparams(values, sweep_keys)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in swept
+    plugin_data.content = data.SerializeToString()
     for logger in tensorboards(trainer):
         # the logger's own writer is closed once fit and test end; a new one appends to the same run
         with SummaryWriter(logger.log_dir) as writer:
-            for summary in hparams(result_hparams(cfg), {name: 0.0 for name in metric_names}):
-                writer.file_writer.add_summary(summary)
+            for pb in summaries:
+                writer.file_writer.add_summary(pb)

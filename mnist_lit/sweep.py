@@ -52,6 +52,31 @@ def drop_figures(cfg) -> None:
                 cfg.callbacks.pop(name, None)
 
 
+def sweep_keys() -> list[str]:
+    """The config keys the Hydra multirun running this job varies: its command line's sweep overrides (from
+    the sweep's multirun.yaml, written when it starts) and its sweeper's params (an Optuna search's space).
+    None outside a multirun. Only the keys are read: nothing of the file is built."""
+    import yaml
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    hydra_cfg = HydraConfig.get()
+    keys = [str(key) for key in (hydra_cfg.sweeper.get("params") or {})]
+    saved = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir, "multirun.yaml")  # sweep.dir may be relative
+    try:
+        task = yaml.safe_load(saved.read_text())["hydra"]["overrides"]["task"]
+        overrides = OverridesParser.create().parse_overrides(task)
+        keys += [o.key_or_group for o in overrides if o.is_sweep_override()]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, HydraException) as err:
+        log.warning("%s: the sweep's overrides cannot be read (%s); TensorBoard's HPARAMS table will not put "
+                    "the swept values first.", saved, err)
+    return keys
+
+
 def keep_sweeping(task: Callable[..., T]) -> Callable[..., T]:
     """Wraps a Hydra task function so that, in a multirun, one job's error does not end the sweep.
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from mnist_lit import cli, schema
 from mnist_lit.errors import RunStopped, report_user_errors
 from mnist_lit.runs import cluster_plugins, continue_attempts  # hooks: issue #13
-from mnist_lit.sweep import keep_sweeping
+from mnist_lit.sweep import keep_sweeping, sweep_keys
 
 log = logging.getLogger(__name__)
 schema.register()  # conf/train.yaml's defaults list starts with it; also in launcher workers that import this
@@ -108,7 +108,7 @@ def _train(cfg: DictConfig, stop) -> dict:
 
     result = record.write("completed", fit_seconds, metrics)
     if trainer.is_global_zero:
-        log_hparams(trainer, cfg, sorted(metrics))
+        log_hparams(trainer, cfg, metrics, sweep_keys())
         log.info("test/acc %.4f  test/loss %.4f  best val/acc %.4f  fit %.1f s  -> %s",
                  result["test_acc"] or float("nan"), result["test_loss"] or float("nan"),
                  result["best_val_acc"] or float("nan"), fit_seconds, out_dir)

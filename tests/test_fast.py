@@ -89,6 +89,9 @@ def test_logged_steps_do_not_depend_on_grouping(synthetic_root, one_thread):
     assert by_name["val/acc"] == [16, 32]  # at the optimizer step that ends each epoch
     assert by_name["train/loss"] == [16, 32]
     assert by_name["train/loss_running"] == [5, 10, 15, 20, 25, 30]
+    # Lightning's epoch scalar, which an explicit step would leave out: epoch 0 ends at step 16, epoch 1 at 32
+    epochs = sorted({(step, value) for step, name, value in logged if name == "epoch"})
+    assert epochs == [(16, 0.0), (32, 1.0)]
 
 
 @pytest.mark.parametrize("trainer_args, reason", [

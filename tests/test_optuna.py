@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import SYNTHETIC_OVERRIDES, free_port, get_json, local_server, made_once, run_cli
 from test_runs import slurm  # noqa: F401 (the fixture: a running local SLURM, or a skip that says why)
-from test_sweeps import metrics
+from test_sweeps import hparams_of, metrics
 
 # short trials: these tests are about the search, not the training
 SHORT = [*SYNTHETIC_OVERRIDES, "callbacks=none", "threads=1", "hparams_search=optuna"]
@@ -72,6 +72,10 @@ def test_search_trials_report_every_epoch_and_never_test(searched):
         assert sorted(trial.intermediate_values) == [0, 1]
         assert max(trial.intermediate_values.values()) == pytest.approx(m["best_val_acc"])
     assert results["best_value"] == pytest.approx(max(m["best_val_acc"] for m in jobs))
+    # TensorBoard's HPARAMS table puts the search's parameters first; a search never tests
+    _, tags, _, differs = hparams_of(sweep_dir / "0" / "tensorboard")
+    assert differs == {"optimizer/lr", "data/batch_size", "net/hidden_sizes", "net/dropout"}
+    assert tags[0] == "val/acc_best" and not any(tag.startswith("test/") for tag in tags)
 
 
 @pytest.mark.slow

@@ -36,9 +36,26 @@ def hparams_of(tb_dir):
     experiment = data.FromString(content["_hparams_/experiment"]).experiment
     values = {k: v.number_value if v.WhichOneof("kind") == "number_value" else v.string_value
               for k, v in session.hparams.items()}
-    metric_tags = {m.name.tag for m in experiment.metric_infos}
+    metric_tags = [m.name.tag for m in experiment.metric_infos]
     scalars = {tag: acc.Scalars(tag)[-1].value for tag in metric_tags if tag in acc.Tags()["scalars"]}
-    return values, metric_tags, scalars
+    differs = {info.name for info in experiment.hparam_infos if info.differs}
+    return values, metric_tags, scalars, differs
+
+
+def test_swept_config_keys_name_their_hparams():
+    from mnist_lit.callbacks import swept_hparams
+
+    names = {"seed", "data/batch_size", "trainer/max_epochs", "optimizer/class", "optimizer/lr", "net/class",
+             "net/hidden_sizes", "net/dropout", "scheduler", "model/label_smoothing"}
+    assert swept_hparams(names, ["model.optimizer.lr", "data.batch_size"]) == {"optimizer/lr", "data/batch_size"}
+    assert swept_hparams(names, ["model.net.hidden_sizes.0", "+model.label_smoothing"]) == {
+        "net/hidden_sizes", "model/label_smoothing"}
+    # a config group: everything of it (another optimizer, another network)
+    assert swept_hparams(names, ["model/optimizer", "model/scheduler"]) == {"optimizer/class", "optimizer/lr",
+                                                                           "scheduler"}
+    assert swept_hparams(names, ["seed", "trainer.max_epochs"]) == {"seed", "trainer/max_epochs"}
+    assert swept_hparams(names, ["data.root", "hydra.launcher.n_jobs"]) == set()
+    assert swept_hparams(names, []) == set()
 
 
 @pytest.mark.slow
@@ -57,13 +74,16 @@ def test_grid_sweep_jobs_tensorboard_and_summary(synthetic_root, tmp_path):
         listed = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
         overrides = dict(o.split("=", 1) for o in listed)
         # TensorBoard's HPARAMS table: this job's own hyperparameters and final metrics
-        values, tags, scalars = hparams_of(job / "tensorboard")
+        values, tags, scalars, differs = hparams_of(job / "tensorboard")
         assert values["optimizer/lr"] == pytest.approx(float(overrides["model.optimizer.lr"]))
         assert values["data/batch_size"] == int(overrides["data.batch_size"])
         # what changes results, not the plumbing
         assert {"net/hidden_sizes", "optimizer/class", "trainer/max_epochs", "seed"} <= set(values)
         assert not {"data/root", "data/eval_batch_size", "steps_per_execution", "optimizer/fused"} & set(values)
-        assert {"val/acc_best", "test/acc", "val/loss", "test/loss"} <= tags
+        assert {"val/acc_best", "test/acc", "val/loss", "test/loss"} <= set(tags)
+        # what the sweep varies is marked so: TensorBoard lists it first and shows it (five columns at first)
+        assert differs == {"optimizer/lr", "data/batch_size"}
+        assert tags[:2] == ["val/acc_best", "test/acc"]  # its first metric columns: accuracy
         assert scalars["val/acc_best"] == pytest.approx(m["best_val_acc"])
         assert scalars["test/acc"] == pytest.approx(m["test_acc"])
         seen.add((values["optimizer/lr"], values["data/batch_size"]))

@@ -41,9 +41,19 @@ def test_tensorboard_shows_curves_images_and_hparams_on_the_optimizer_step_axis(
     for tag in ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc"):
         assert steps(tag) == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH, 3 * STEPS_PER_EPOCH], tag
     assert steps("test/acc") == [3 * STEPS_PER_EPOCH]
+    # the epoch chart maps steps to epochs (Lightning's 0-based current epoch; the test comes after the fit)
+    logged = get("data/plugin/scalars/scalars?run=tensorboard&tag=epoch")
+    epochs, e = sorted({(step, value) for _, step, value in logged}), STEPS_PER_EPOCH
+    assert epochs == [(e, 0), (2 * e, 1), (3 * e, 2), (3 * e, 3)]
     # the running curve: a point every 75 optimizer steps (20 an epoch), across the groups of 50
     assert steps("train/loss_running") == list(range(75, 3 * STEPS_PER_EPOCH + 1, 75))
     assert steps("lr") == steps("train/loss_running")
+
+    # CUSTOM SCALARS: the tutorial's two plots, train and val on one chart each
+    layout = get("data/plugin/custom_scalars/layout")
+    charts = {chart["title"]: chart["multiline"]["tag"] for category in layout["category"]
+              for chart in category["chart"]}
+    assert charts == {"loss": ["^train/loss$", "^val/loss$"], "accuracy": ["^train/acc$", "^val/acc$"]}
 
     images = get("data/plugin/images/tags")["tensorboard"]
     assert {"samples/train_digits", "test/confusion_matrix"} <= set(images) and len(images) == 3, images
