@@ -109,9 +109,10 @@ def _train(cfg: DictConfig, stop) -> dict:
     result = record.write("completed", fit_seconds, metrics)
     if trainer.is_global_zero:
         log_hparams(trainer, cfg, metrics, sweep_keys())
-        log.info("test/acc %.4f  test/loss %.4f  best val/acc %.4f  fit %.1f s  -> %s",
-                 result["test_acc"] or float("nan"), result["test_loss"] or float("nan"),
-                 result["best_val_acc"] or float("nan"), fit_seconds, out_dir)
+        tested = (f"test/acc {result['test_acc']:.4f}  test/loss {result['test_loss']:.4f}"
+                  if result["test_acc"] is not None else "not tested (test=false)")
+        log.info("%s  best val/acc %.4f  fit %.1f s  -> %s", tested, result["best_val_acc"] or float("nan"),
+                 fit_seconds, out_dir)
     return result
 
 

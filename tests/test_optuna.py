@@ -59,12 +59,14 @@ def test_search_space_from_hydra_grammar():
 def test_search_trials_report_every_epoch_and_never_test(searched):
     sweep_dir, output = searched
     assert "Best parameters" in output
+    assert output.count("not tested (test=false)") == 3 and "test/acc nan" not in output  # each trial's last line
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == PARAMS and results["trials"] == {"complete": 3}
     jobs = [metrics(sweep_dir / str(i)) for i in range(3)]
     assert not (sweep_dir / "3").exists()
     assert all(m["status"] == "completed" and m["test_acc"] is None for m in jobs)  # test=false in a search
     study = study_of(sweep_dir)
+    assert study.metric_names == ["val/acc_best"]  # optuna-dashboard's name for the objective
     for trial, m in zip(study.trials, jobs, strict=True):
         # job k is trial k; its value is val/acc_best, the best of the val/acc it reported after each epoch
         assert trial.state == optuna.trial.TrialState.COMPLETE

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,10 @@ class OptunaSweeper(Sweeper):
         except (ValueError, ImportError, optuna.exceptions.OptunaError) as err:
             raise SearchError(f"hydra.sweeper.storage={url}: cannot open the study: {err}. Give a writable "
                               "folder (hydra.sweep.dir) or a reachable Optuna storage URL.") from None
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # optuna-dashboard and study.trials_dataframe() name the objective, not "Objective 0"
+            study.set_metric_names([str(self.config.optimized_metric)])
         retry_interrupted(study)
         done = len(counted(study))
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s. Watch it with: "
