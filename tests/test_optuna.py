@@ -59,7 +59,8 @@ def test_search_space_from_hydra_grammar():
 def test_search_trials_report_every_epoch_and_never_test(searched):
     sweep_dir, output = searched
     assert "Best parameters" in output
-    assert output.count("not tested (test=false)") == 3 and "test/acc nan" not in output  # each trial's last line
+    # each trial's last line
+    assert output.count("not tested (test=false)") == 3 and "test/acc nan" not in output
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == PARAMS and results["trials"] == {"complete": 3}
     jobs = [metrics(sweep_dir / str(i)) for i in range(3)]
