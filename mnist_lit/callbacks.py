@@ -8,6 +8,7 @@ epoch of the tutorial at step 1500, whether or not steps are grouped (mnist_lit/
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -265,8 +266,7 @@ def result_hparams(cfg) -> dict:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     flat = {"seed": cfg.seed, "data/batch_size": cfg.data.batch_size, "data/normalize": cfg.data.normalize,
             "trainer/max_epochs": cfg.trainer.get("max_epochs")}
-    parts = HPARAM_PARTS
-    for part in parts:
+    for part in HPARAM_PARTS:
         node = model.get(part)
         if not isinstance(node, dict):
             flat[part] = "none"
@@ -275,7 +275,7 @@ def result_hparams(cfg) -> dict:
         flat.update({f"{part}/{k}": v for k, v in node.items() if not k.startswith("_") and k not in NOT_HPARAMS})
     # an optimizer left at its default weight decay still gets the column (Adam: 0), so runs compare
     flat.setdefault("optimizer/weight_decay", _default_argument(model["optimizer"]["_target_"], "weight_decay"))
-    flat.update({f"model/{k}": v for k, v in model.items() if k not in parts
+    flat.update({f"model/{k}": v for k, v in model.items() if k not in HPARAM_PARTS
                  and not isinstance(v, (dict, list)) and not k.startswith("_") and k not in NOT_HPARAMS})
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
@@ -297,8 +297,6 @@ def swept_hparams(names, sweep_keys) -> set[str]:
     """Which hparam `names` (result_hparams') the config keys a sweep varies change: `model.optimizer.lr` ->
     optimizer/lr, `model.net.hidden_sizes.0` -> net/hidden_sizes, the group `model/optimizer` -> optimizer/*.
     """
-    import re
-
     swept = set()
     for key in sweep_keys:
         parts = [part for part in re.split(r"[./]", key.lstrip("+~")) if part]
