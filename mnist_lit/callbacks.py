@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -53,6 +54,23 @@ def steps_per_epoch(trainer: pl.Trainer) -> int:
     if steps is None:
         steps = trainer.num_training_batches // trainer.accumulate_grad_batches
     return int(steps)
+
+
+class HostCopy:
+    """Device values on their way to the host: `read()` waits only for the work queued before the copy, not
+    for the steps queued since (a GPU runs on while the host reads). On a CPU, the values themselves."""
+
+    def __init__(self, values: torch.Tensor):
+        self.done = None
+        if values.is_cuda:
+            values, self.done = values.to("cpu", non_blocking=True), torch.cuda.Event()
+            self.done.record()
+        self.values = values
+
+    def read(self) -> torch.Tensor:
+        if self.done is not None:
+            self.done.synchronize()
+        return self.values
 
 
 class StepAxis(pl.Callback):

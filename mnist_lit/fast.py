@@ -3,9 +3,10 @@
 Lightning's per-batch bookkeeping (hooks, loops, progress, logging) costs about as much as a whole optimizer
 step of this small MLP. Here one Lightning batch is a group of `steps_per_execution` minibatches (Keras'
 `steps_per_execution`), and each of them is one plain optimizer step: the module's own augment, forward and
-training_loss, then backward, optimizer and scheduler steps. On a GPU the whole step is replayed as a CUDA
-graph. Nothing a user sees changes: the same batches in the same order, the same parameters (bit-identical on
-a CPU), the same metrics at the same optimizer steps, the same checkpoints, progress bar and signals.
+training_loss, then backward, optimizer and scheduler steps. On a GPU the whole group is replayed as one
+CUDA graph. Nothing a user sees changes: the same batches in the same order, the same parameters
+(bit-identical on a CPU), the same metrics at the same optimizer steps, the same checkpoints, progress bar
+and signals.
 
 What the grouped steps cannot do exactly as Lightning does it (mixed precision, gradient accumulation or
 clipping, several devices, a callback that acts on every batch, ...) is not refused: the run takes
@@ -16,6 +17,7 @@ mnist_lit/lightning_compat.py.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -23,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from mnist_lit import lightning_compat as compat
-from mnist_lit.callbacks import TrainingCurve
+from mnist_lit.callbacks import HostCopy, TrainingCurve
 from mnist_lit.errors import UserError
 from mnist_lit.module import MNISTClassifier
 
@@ -106,7 +108,8 @@ class GroupedSteps(pl.Callback):
         self.active = False
         self.sums: dict[str, torch.Tensor] = {}
         self.saved: dict | None = None
-        self.graph: GraphedStep | None = None
+        self.graphs: CapturedGroups | None = None
+        self.points = None
 
     # --- set-up --------------------------------------------------------------------------------------------
 
@@ -154,9 +157,11 @@ class GroupedSteps(pl.Callback):
                 self.sums[key].copy_(self.saved[key])
             self.steps, self.count = int(self.saved["steps"]), int(self.saved["count"])
         self.sums_epoch = self.saved_epoch if self.saved is not None else trainer.current_epoch
-        if device.type == "cuda":
+        self.host_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
+        graph_type = graphs_for(device)
+        if graph_type is not None:
             make_capturable(self.optimizer, device, schedule=self.scheduler is not None)
-            self.graph = GraphedStep(self.counted_step)
+            self.graphs = CapturedGroups(self.train_group, graph_type)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.active and self.sums_epoch != trainer.current_epoch:  # not the epoch a resumed run goes on with
@@ -167,9 +172,9 @@ class GroupedSteps(pl.Callback):
 
     # --- the steps -----------------------------------------------------------------------------------------
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on one minibatch, as the module's training_step and Lightning would do it;
-        returns the (detached) logits."""
+        returns the (detached) logits and loss."""
         module = self.module
         if module.augment is not None:
             x = module.augment(x)
@@ -178,42 +183,96 @@ class GroupedSteps(pl.Callback):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.sums["loss"] += loss.detach()  # the float32 additions torchmetrics' MeanMetric makes, in order
-        return logits.detach()
+        return logits.detach(), loss.detach()
 
-    def counted_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # inside a CUDA graph the count costs no launches: done per step
-        self.sums["correct"] += (self.step(x, y).argmax(1) == y).sum()
+    def train_group(self, batches, lrs, ends: torch.Tensor, loss_trace: torch.Tensor,
+                    correct_trace: torch.Tensor) -> None:
+        """A group's optimizer steps, device work only: a CUDA graph can replay it.
+
+        `lrs[k]` holds each parameter group's learning rate for step k, row n the one after the group (None:
+        no scheduler). The traces get the epoch's sums after each step: `loss_trace[k + 1]` (the float32
+        additions torchmetrics' MeanMetric makes, in order) and `correct_trace[k]`; `ends` indexes each
+        step's last example in the group.
+        """
+        loss_trace[0].copy_(self.sums["loss"])
+        outputs = []
+        for k, (x, y) in enumerate(batches):
+            if lrs is not None:
+                self.set_lrs(lrs[k])
+            logits, loss = self.step(x, y)
+            torch.add(loss_trace[k], loss, out=loss_trace[k + 1])
+            outputs.append(logits)
+        if lrs is not None:
+            self.set_lrs(lrs[len(batches)])
+        # the group's correct predictions at once (counts add up exactly in any order)
+        hits = torch.cat(outputs).argmax(1) == torch.cat([y for _, y in batches])
+        correct_trace.copy_(self.sums["correct"] + hits.cumsum(0)[ends])
+        self.sums["loss"].copy_(loss_trace[-1])
+        self.sums["correct"].copy_(correct_trace[-1])
+
+    def set_lrs(self, row) -> None:
+        for group, lr in zip(self.optimizer.param_groups, row, strict=True):
+            if torch.is_tensor(group["lr"]):
+                group["lr"].copy_(lr)  # on a GPU (make_capturable): a device tensor the graph reads
+            else:
+                group["lr"] = lr
 
     def training_step(self, batch: list[tuple[torch.Tensor, torch.Tensor]], batch_idx: int) -> None:
-        trainer, every = self.trainer, self.trainer.log_every_n_steps
-        step, points, outputs = trainer.global_step, [], []
-        for i, (x, y) in enumerate(batch):
-            if self.graph is not None:
-                self.graph(x, y)
-            else:
-                outputs.append(self.step(x, y))
-            if self.scheduler is not None:
-                self.scheduler.step()
-            step += 1
+        trainer, n = self.trainer, len(batch)
+        lrs = self.planned_lrs(n) if self.scheduler is not None else None
+        if self.graphs is not None:
+            loss_trace, correct_trace = self.graphs(batch, lrs)
+        else:
+            device = self.sums["loss"].device
+            loss_trace = torch.empty(n + 1, device=device)
+            correct_trace = torch.empty(n, dtype=torch.long, device=device)
+            self.train_group(batch, lrs, group_ends(batch), loss_trace, correct_trace)
+        every, first = trainer.log_every_n_steps, trainer.global_step
+        points = []
+        for k, (_, y) in enumerate(batch):
             self.steps, self.count = self.steps + 1, self.count + len(y)
-            if every and step % every == 0:
+            if every and (first + k + 1) % every == 0:
                 lr = self.optimizer.param_groups[0]["lr"]
-                # a graph counts correct predictions per step; eager steps count them for the group below
-                correct = self.sums["correct"].clone() if self.graph is not None else i
-                points.append((step, self.sums["loss"].clone(), self.steps, correct, self.count,
-                               lr.clone() if torch.is_tensor(lr) else lr))
-        if outputs:
-            # the group's correct predictions at once (counts add up exactly in any order)
-            hits = torch.cat(outputs).argmax(1) == torch.cat([y for _, y in batch])
-            ends = torch.tensor([len(y) for _, y in batch], device=hits.device).cumsum(0) - 1
-            running = self.sums["correct"] + hits.cumsum(0)[ends]
-            self.sums["correct"] = running[-1].clone()
-            points = [(s, loss, n, running[i], count, lr) for s, loss, n, i, count, lr in points]
-        compat.count_optimizer_steps(trainer, len(batch))
+                if lrs is not None:  # the one after step k, as the optimizer holds it (on a GPU: float32)
+                    lr = torch.tensor(lrs[k + 1][0], dtype=lr.dtype) if torch.is_tensor(lr) else lrs[k + 1][0]
+                points.append((first + k + 1, *_means(loss_trace[k + 1].clone(), self.steps,
+                                                      correct_trace[k].clone(), self.count), lr))
+        compat.count_optimizer_steps(trainer, n)
+        self.log_points()
         if points and self.curve is not None:
-            self.curve.log_points(trainer, [(s, *_means(loss, n, correct, count), lr)
-                                            for s, loss, n, correct, count, lr in points])
+            # logged at the next group (or before anything else is logged): reading now would make the host
+            # wait for this group's steps on a GPU, and launch the next group only then
+            values = torch.stack([torch.stack([loss, acc]) for _, loss, acc, _ in points])
+            self.points = [(step, lr) for step, _, _, lr in points], HostCopy(values)
+
+    def log_points(self, *_) -> None:
+        """Log the running-curve points of the last group (see training_step)."""
+        if self.points is not None:
+            (steps, copy), self.points = self.points, None
+            values = copy.read()
+            self.curve.log_points(self.trainer, [(step, loss, acc, lr) for (step, lr), (loss, acc)
+                                                 in zip(steps, values, strict=True)])
+
+    on_validation_start = on_train_epoch_end = on_train_end = on_exception = log_points
+
+    def planned_lrs(self, n: int) -> list[list[float]]:
+        """Each parameter group's learning rate for the next n steps and after them (n + 1 rows): the
+        scheduler stepped n times on the host, with plain floats, as the steps would step it."""
+        groups = self.optimizer.param_groups
+        held = [group["lr"] for group in groups]
+        for group, lr in zip(groups, self.host_lrs, strict=True):
+            group["lr"] = lr  # a device tensor would take a write (a kernel) per scheduler step
+        rows = []
+        with warnings.catch_warnings():  # the steps it plans for come after it here
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before")
+            for _ in range(n):
+                rows.append([group["lr"] for group in groups])
+                self.scheduler.step()
+        rows.append([group["lr"] for group in groups])
+        self.host_lrs = rows[-1]
+        for group, lr in zip(groups, held, strict=True):
+            group["lr"] = lr
+        return rows
 
     def train_metrics(self) -> dict[str, torch.Tensor]:
         loss, acc = _means(self.sums["loss"], self.steps, self.sums["correct"], self.count)
@@ -234,8 +293,14 @@ class GroupedSteps(pl.Callback):
 
 def _means(loss_sum: torch.Tensor, steps: int, correct: torch.Tensor, count: int):
     # what torchmetrics' MeanMetric and micro-averaged accuracy compute from the same sums: float32 divisions
-    mean_loss = loss_sum / torch.tensor(float(steps), device=loss_sum.device)
-    return mean_loss, correct.float() / torch.tensor(float(count), device=correct.device)
+    # (by a tensor: CUDA divides by a Python number by multiplying with its reciprocal)
+    return loss_sum / _tensor(steps, loss_sum), correct.float() / _tensor(count, correct)
+
+
+def _tensor(value: int, like: torch.Tensor) -> torch.Tensor:
+    # on a GPU through pinned memory: a plain copy to the device would wait for the steps queued there
+    host = torch.tensor(float(value))
+    return host.pin_memory().to(like.device, non_blocking=True) if like.is_cuda else host
 
 
 def unfused_for_clipping(cfg) -> None:
@@ -265,40 +330,94 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device, sche
             group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
 
-class GraphedStep:
-    """Runs ``step(x, y)``: eagerly for the first ``warmup`` calls, then as a replay of a CUDA graph of it.
+def group_ends(batches) -> torch.Tensor:
+    """The index of each minibatch's last example in the group's concatenation."""
+    sizes = torch.tensor([len(y) for _, y in batches], device=batches[0][1].device)
+    return sizes.cumsum(0) - 1
 
-    At batch 32 this MLP's step is a few dozen tiny kernels, and launching them from Python costs far more
-    than running them; a replay costs two input copies and one launch. ``step`` must do device work only (no
-    reads back to the host). The graph is captured for the batch shape it first sees after the warmup; other
-    shapes (an epoch's short last batch) run eagerly. Warmup and capture calls are real training steps.
+
+def graphs_for(device: torch.device):
+    """What replays groups of steps on `device`: CUDA graphs on a GPU, nothing (eager steps) on a CPU."""
+    return CudaGraph if device.type == "cuda" else None
+
+
+class CudaGraph:
+    """torch.cuda.CUDAGraph, as CapturedGroups uses it (tests put a replay on the CPU in its place)."""
+
+    def __init__(self):
+        self.graph = torch.cuda.CUDAGraph()
+
+    @staticmethod
+    def warm_up(run: Callable[[], None]) -> None:
+        # before a capture, the kernels' lazy set-up (cuBLAS workspaces, optimizer state) must have run once
+        # on a side stream, as torch.cuda.graph's documentation does it
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def capture(self, run: Callable[[], None]) -> None:
+        with torch.cuda.graph(self.graph):
+            run()  # recorded, not run
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class CapturedGroups:
+    """Trains a group of steps as one CUDA graph: two input copies and one launch for the whole group.
+
+    At batch 32 this MLP's step is a few dozen tiny kernels, and launching them from Python costs more
+    than running them. A graph is captured for each shape of group (its minibatches' sizes) the second time
+    it comes: the tutorial's 50 x 32, or an epoch's last group with its short batch. The first time runs
+    eagerly: the kernels' lazy set-up, and shapes that never come back (a resumed epoch's first group).
+    Warm-up and capture are real training steps. `run(batches, lrs, ends, loss_trace, correct_trace)` does
+    device work only.
     """
 
-    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], None], warmup: int = 3):
-        self.step, self.warmup = step, warmup
-        self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.inputs: tuple[torch.Tensor, torch.Tensor] | None = None
+    MOST = 4  # shapes captured; others run eagerly
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.calls += 1
-        if self.inputs is not None and x.shape == self.inputs[0].shape and y.shape == self.inputs[1].shape:
-            self.inputs[0].copy_(x)
-            self.inputs[1].copy_(y)
-            self.graph.replay()
-        elif self.inputs is not None:
-            self.step(x, y)
-        elif self.calls <= self.warmup:
-            # before a capture, the kernels' lazy set-up (cuBLAS workspaces, optimizer state) must have run
-            # once on a side stream, as torch.cuda.graph's documentation does it
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.step(x, y)
-            torch.cuda.current_stream().wait_stream(side)
-        else:
-            self.inputs = (x.clone(), y.clone())
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.step(*self.inputs)
-            self.graph.replay()  # a capture records the step without running it
+    def __init__(self, run: Callable, graph_type=CudaGraph):
+        self.run, self.graph_type = run, graph_type
+        self.seen: set[tuple[int, ...]] = set()
+        self.graphs: dict[tuple[int, ...], tuple] = {}
+        self.replays = 0
+
+    def __call__(self, batches, lrs: list[list[float]] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        x0, y0 = batches[0]
+        shape = tuple(len(y) for _, y in batches)
+        if shape not in self.graphs and (shape not in self.seen or len(self.graphs) >= self.MOST):
+            self.seen.add(shape)
+            traces = (torch.empty(len(shape) + 1, device=x0.device),
+                      torch.empty(len(shape), dtype=torch.long, device=y0.device))
+            lrs = None if lrs is None else torch.tensor(lrs, dtype=torch.float32).to(x0.device)
+            self.graph_type.warm_up(lambda: self.run(batches, lrs, group_ends(batches), *traces))
+            return traces
+        if shape not in self.graphs:
+            self.graphs[shape] = self.capture(batches, lrs)
+        graph, (x, y, static_lrs, _ends), traces = self.graphs[shape]
+        torch.cat([x for x, _ in batches], out=x)
+        torch.cat([y for _, y in batches], out=y)
+        if static_lrs is not None:
+            host = torch.tensor(lrs, dtype=torch.float32)
+            static_lrs.copy_(host.pin_memory() if static_lrs.is_cuda else host, non_blocking=True)
+        graph.replay()
+        self.replays += 1
+        return traces
+
+    def capture(self, batches, lrs):
+        x = torch.cat([x for x, _ in batches])
+        y = torch.cat([y for _, y in batches])
+        static_lrs = None if lrs is None else torch.tensor(lrs, dtype=torch.float32).to(x.device)
+        views, start = [], 0
+        for _, batch_y in batches:
+            views.append((x[start:start + len(batch_y)], y[start:start + len(batch_y)]))
+            start += len(batch_y)
+        ends = group_ends(batches)
+        traces = (torch.empty(len(batches) + 1, device=x.device),
+                  torch.empty(len(batches), dtype=torch.long, device=x.device))
+        graph = self.graph_type()
+        graph.capture(lambda: self.run(views, static_lrs, ends, *traces))
+        # every tensor the graph reads or writes stays alive with it: freed, its memory would be reused
+        return graph, (x, y, static_lrs, ends), traces

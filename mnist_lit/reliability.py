@@ -26,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mnist_lit.callbacks import HostCopy
 from mnist_lit.errors import RunStopped, UserError, user_error_of
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,12 @@ class StopOnSignal(pl.Callback):
 
 class StopOnDivergence(pl.Callback):
     """Stops when the epoch's running training loss is NaN, infinite or above `LIMIT`, checked every `every`
-    optimizer steps (one host read each).
+    optimizer steps (one host read each) and before each validation.
 
     Adam bounds each update by the learning rate, so a far too large one (lr=1e3) sends the loss to huge
     but finite values rather than to NaN; guessing scores ln(10) = 2.3, and no run comes back from 100.
+    On a GPU a check judges the loss read at the check before, which has reached the host by then: reading
+    the latest would make the host wait for the steps queued on the GPU.
     """
 
     LIMIT = 100.0
@@ -110,23 +113,31 @@ class StopOnDivergence(pl.Callback):
 
     def __init__(self, every: int = 50):
         self.every, self.next_check = every, every
+        self.reading = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.next_check:
             self.next_check = (trainer.global_step // self.every + 1) * self.every
-            self.check(trainer, pl_module)
+            loss = pl_module.train_metrics()["train/loss"]
+            reading = HostCopy(loss), trainer.current_epoch, trainer.global_step
+            previous, self.reading = self.reading, reading
+            if reading[0].done is None:  # on a CPU the value is at hand
+                self.judge(trainer, *reading)
+            elif previous is not None:
+                self.judge(trainer, *previous)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:  # before the epoch's checkpoint
-            self.check(trainer, pl_module)
+            self.reading = None
+            self.judge(trainer, HostCopy(pl_module.train_metrics()["train/loss"]), trainer.current_epoch,
+                       trainer.global_step)
 
-    def check(self, trainer, pl_module) -> None:
-        loss = float(pl_module.train_metrics()["train/loss"])
+    def judge(self, trainer, reading: HostCopy, epoch: int, step: int) -> None:
+        loss = float(reading.read())
         if trainer.strategy.reduce_boolean_decision(not loss <= self.LIMIT, all=False):  # NaN fails <= too
             raise Diverged(
-                f"training diverged: the mean training loss of epoch {trainer.current_epoch} reached "
-                f"{loss:.3g} by optimizer step {trainer.global_step} (NaN, infinite or above {self.LIMIT:g}; "
-                "guessing scores 2.3)"
+                f"training diverged: the mean training loss of epoch {epoch} reached {loss:.3g} by optimizer "
+                f"step {step} (NaN, infinite or above {self.LIMIT:g}; guessing scores 2.3)"
             )
 
 

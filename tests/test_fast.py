@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import Logger
 from mnist_lit.augment import RandomAffine
 from mnist_lit.callbacks import StepAxis, TrainingCurve
 from mnist_lit.data import MNISTDataModule
+from mnist_lit import fast as fast_module
 from mnist_lit.errors import UserError
 from mnist_lit.fast import GroupedSteps, StepGroups, make_capturable
 from mnist_lit.model import MLP
@@ -41,10 +42,11 @@ class Recorder(Logger):
 ONECYCLE = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=3e-3, total_steps=None, cycle_momentum=False)
 
 
-def fit(root, *, fast=True, size=4, epochs=2, scheduler=None, augment=False, every=5, **trainer_args):
+def fit(root, *, fast=True, size=4, epochs=2, scheduler=None, augment=False, every=5, optimizer=None,
+        **trainer_args):
     pl.seed_everything(0, verbose=False)
     dm = MNISTDataModule(str(root), download=False, val_size=100, batch_size=32)
-    model = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3), scheduler,
+    model = MNISTClassifier(MLP(), optimizer or partial(torch.optim.Adam, lr=1e-3), scheduler,
                             augment=RandomAffine(degrees=10, translate=2) if augment else None)
     recorder = Recorder()
     trainer = pl.Trainer(
@@ -75,6 +77,44 @@ def test_grouped_steps_are_bit_identical_to_lightnings_path(synthetic_root, one_
     if recipe == "onecycle":  # the schedule ran over the whole fit's 32 steps, not over groups
         lrs = [value for _, name, value in logged_fast if name == "lr"]
         assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[-1] < 1e-4
+
+
+class ReplayOnCpu:
+    """CudaGraph's part, on the CPU: a capture keeps the group's work without running it, and a replay runs it
+    again on the same static tensors. What is around it (a graph per group shape, static inputs, learning-rate
+    rows, traces of the sums) is what runs on a GPU."""
+
+    def __init__(self):
+        self.work = None
+
+    @staticmethod
+    def warm_up(run):
+        run()
+
+    def capture(self, run):
+        self.work = run
+
+    def replay(self):
+        self.work()
+
+
+@pytest.mark.parametrize("recipe", ["plain", "onecycle"])
+def test_captured_groups_replay_exactly_what_lightnings_path_does(synthetic_root, one_thread, monkeypatch,
+                                                                  recipe):
+    scheduler = ONECYCLE if recipe == "onecycle" else None
+    # what make_capturable gives a GPU run: capturable (fused) Adam, under a schedule a tensor learning rate
+    optimizer = partial(torch.optim.Adam, lr=torch.tensor(1e-3) if scheduler else 1e-3, fused=True, capturable=True)
+    slow, _, logged_slow = fit(synthetic_root, fast=False, scheduler=scheduler, optimizer=optimizer)
+    monkeypatch.setattr(fast_module, "graphs_for", lambda device: ReplayOnCpu)
+    grouped, trainer, logged = fit(synthetic_root, fast=True, scheduler=scheduler, optimizer=optimizer)
+    graphs = next(cb for cb in trainer.callbacks if isinstance(cb, GroupedSteps)).graphs
+    # epoch 0: the first group and the short last one (20 examples) run eagerly, groups 2 and 3 are replays;
+    # epoch 1: four replays, the short group's graph captured then
+    assert set(graphs.graphs) == {(32, 32, 32, 32), (32, 32, 32, 20)} and graphs.replays == 6
+    assert torch.equal(params(grouped), params(slow))
+    assert logged == logged_slow
+    if scheduler:
+        assert torch.is_tensor(trainer.optimizers[0].param_groups[0]["lr"])  # what the graphs read
 
 
 def test_logged_steps_do_not_depend_on_grouping(synthetic_root, one_thread):
@@ -178,7 +218,8 @@ def test_cuda_graph_steps_match_eager_on_gpu(synthetic_root):
                              enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[grouped])
         trainer.fit(model, dm)
         results[fast] = (params(model), trainer.callback_metrics, grouped)
-    assert results[True][2].graph is not None and results[True][2].graph.graph is not None
+    graphs = results[True][2].graphs  # groups of 4 steps: 3 captured per epoch, the short last one too
+    assert graphs is not None and len(graphs.graphs) == 2 and graphs.replays == 6
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
         torch.testing.assert_close(results[True][1][key], results[False][1][key], atol=1e-5, rtol=0)
