@@ -81,3 +81,39 @@ def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.ones(3))
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+class InFlight:
+    """HostCopy as on a GPU: a copy that is still on its way when it is made (read() would wait for it)."""
+
+    def __init__(self, values):
+        self.values, self.done = values.clone(), object()
+
+    def read(self):
+        return self.values
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_divergence_checks_judge_without_waiting_for_the_gpu(monkeypatch, gpu):
+    from types import SimpleNamespace
+
+    from mnist_lit import reliability
+
+    if gpu:
+        monkeypatch.setattr(reliability, "HostCopy", InFlight)
+    stop = reliability.StopOnDivergence(every=5)
+    losses = {5: 0.5, 10: 1e9, 15: 1e9}
+    trainer = SimpleNamespace(global_step=0, current_epoch=2,
+                              strategy=SimpleNamespace(reduce_boolean_decision=lambda flag, all: flag))
+    module = SimpleNamespace(train_metrics=lambda: {"train/loss": torch.tensor(losses[trainer.global_step])})
+    trainer.global_step = 5
+    stop.on_train_batch_end(trainer, module, None, None, 0)
+    trainer.global_step = 10  # the loss explodes: on a CPU judged at once, on a GPU at the next check
+    if not gpu:
+        with pytest.raises(reliability.Diverged, match="reached 1e\\+09 by optimizer step 10"):
+            stop.on_train_batch_end(trainer, module, None, None, 0)
+        return
+    stop.on_train_batch_end(trainer, module, None, None, 0)  # judges step 5's reading: fine
+    trainer.global_step = 15
+    with pytest.raises(reliability.Diverged, match="epoch 2 reached 1e\\+09 by optimizer step 10"):
+        stop.on_train_batch_end(trainer, module, None, None, 0)
