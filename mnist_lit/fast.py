@@ -92,6 +92,28 @@ def unsupported(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:
     return None
 
 
+def unsupported_schedule(config) -> str | None:
+    """Why the learning-rate schedulers in a `configure_optimizers` result are not all stepped after every
+    optimizer step, as the grouped steps step them, or None. Lightning steps the others itself, and only
+    under automatic optimization."""
+    if isinstance(config, tuple) and len(config) == 2 and config[1]:
+        return "a learning-rate scheduler outside a dict (Lightning steps those once an epoch)"
+    for entry in config if isinstance(config, list) else [config]:
+        scheduler = entry.get("lr_scheduler") if isinstance(entry, dict) else None
+        if scheduler is None:
+            continue
+        if not isinstance(scheduler, dict) or scheduler.get("interval", "epoch") != "step":
+            return "a learning-rate scheduler stepped once an epoch (interval 'epoch')"
+        if scheduler.get("frequency", 1) != 1:
+            return f"a learning-rate scheduler stepped every {scheduler['frequency']} steps (frequency)"
+    return None
+
+
+def _fall_back(reason: str) -> None:
+    log.info("fast=true: %s is not something grouped steps do exactly as Lightning does; training takes "
+             "Lightning's standard path (same results, slower).", reason)
+
+
 class GroupedSteps(pl.Callback):
     """Trains each Lightning batch (a group of minibatches) as that many optimizer steps; see the module doc.
 
@@ -118,12 +140,12 @@ class GroupedSteps(pl.Callback):
             return
         reason = unsupported(trainer, pl_module)
         if reason:
-            log.info("fast=true: %s is not something grouped steps do exactly as Lightning does; training "
-                     "takes Lightning's standard path (same results, slower).", reason)
+            _fall_back(reason)
             return
         self.active, self.trainer, self.module = True, trainer, pl_module
         self.curve = next((cb for cb in trainer.callbacks if isinstance(cb, TrainingCurve)), None)
         if self.curve is not None:
+            self.curve_at = trainer.callbacks.index(self.curve)
             trainer.callbacks.remove(self.curve)  # its points come from inside the groups (log_points)
         datamodule = trainer.datamodule
         make_batches = datamodule.train_dataloader
@@ -134,12 +156,27 @@ class GroupedSteps(pl.Callback):
             # Lightning counts a fit's steps in batches, here groups: a schedule over the fit needs minibatches
             loader = make_batches()
             with compat.fit_length(trainer, len(loader) * trainer.max_epochs):
-                return configure()
+                config = configure()
+            reason = unsupported_schedule(config)
+            if reason:  # known only now, before Lightning sets up the optimization and loads the batches
+                self.stand_down(reason)
+            return config
 
         pl_module.configure_optimizers = configure_optimizers
         pl_module.automatic_optimization = False  # the steps below are the optimization
         pl_module.training_step = self.training_step
         pl_module.train_metrics = self.train_metrics
+
+    def stand_down(self, reason: str) -> None:
+        """Give the run back to Lightning's standard path: undo what setup changed."""
+        _fall_back(reason)
+        self.active = False
+        for name in ("training_step", "train_metrics", "configure_optimizers"):
+            vars(self.module).pop(name, None)
+        self.module.automatic_optimization = True
+        vars(self.trainer.datamodule).pop("train_dataloader", None)
+        if self.curve is not None:
+            self.trainer.callbacks.insert(self.curve_at, self.curve)
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not self.active:

@@ -103,7 +103,11 @@ def test_captured_groups_replay_exactly_what_lightnings_path_does(synthetic_root
                                                                   recipe):
     scheduler = ONECYCLE if recipe == "onecycle" else None
     # what make_capturable gives a GPU run: capturable (fused) Adam, under a schedule a tensor learning rate
-    optimizer = partial(torch.optim.Adam, lr=torch.tensor(1e-3) if scheduler else 1e-3, fused=True, capturable=True)
+    # (a new one for each run: the scheduler writes into it)
+    def optimizer(params):
+        lr = torch.tensor(1e-3) if scheduler else 1e-3
+        return torch.optim.Adam(params, lr=lr, fused=True, capturable=True)
+
     slow, _, logged_slow = fit(synthetic_root, fast=False, scheduler=scheduler, optimizer=optimizer)
     monkeypatch.setattr(fast_module, "graphs_for", lambda device: ReplayOnCpu)
     grouped, trainer, logged = fit(synthetic_root, fast=True, scheduler=scheduler, optimizer=optimizer)
@@ -115,6 +119,51 @@ def test_captured_groups_replay_exactly_what_lightnings_path_does(synthetic_root
     assert logged == logged_slow
     if scheduler:
         assert torch.is_tensor(trainer.optimizers[0].param_groups[0]["lr"])  # what the graphs read
+
+
+class EpochSchedule(MNISTClassifier):
+    """The learning rate changed by Lightning at epoch ends (interval "epoch"), not by the steps."""
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+def test_a_scheduler_stepped_once_an_epoch_takes_the_standard_path(synthetic_root, one_thread, caplog):
+    # Lightning steps it only under automatic optimization: known when configure_optimizers returns it
+    runs = []
+    for fast in (False, True):
+        pl.seed_everything(0, verbose=False)
+        model = EpochSchedule(MLP(), partial(torch.optim.Adam, lr=1e-3))
+        recorder = Recorder()
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=recorder, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             log_every_n_steps=5, callbacks=[TrainingCurve(), GroupedSteps(fast, 4)])
+        with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+            trainer.fit(model, MNISTDataModule(str(synthetic_root), download=False, val_size=100))
+        runs.append((model, trainer, recorder.logged))
+    (slow, _, logged_slow), (fell_back, trainer, logged) = runs
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_lit.fast"]
+    assert len(lines) == 1 and "interval 'epoch'" in lines[0] and "standard path" in lines[0]
+    assert fell_back.automatic_optimization is True and trainer.global_step == 32
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)  # two epoch ends: x0.1 each
+    assert torch.equal(params(fell_back), params(slow)) and logged == logged_slow  # running curve included
+
+
+@pytest.mark.parametrize("config, supported", [
+    ({"optimizer": "adam"}, True),
+    ({"optimizer": "adam", "lr_scheduler": {"scheduler": "onecycle", "interval": "step"}}, True),
+    ({"optimizer": "adam", "lr_scheduler": "steplr"}, False),
+    ({"optimizer": "adam", "lr_scheduler": {"scheduler": "steplr"}}, False),
+    ({"optimizer": "adam", "lr_scheduler": {"scheduler": "cosine", "interval": "step", "frequency": 2}}, False),
+    ((["adam"], ["steplr"]), False),
+    ([{"optimizer": "adam", "lr_scheduler": {"scheduler": "plateau", "monitor": "val/loss"}}], False),
+])
+def test_schedules_the_grouped_steps_can_step(config, supported):
+    from mnist_lit.fast import unsupported_schedule
+
+    assert (unsupported_schedule(config) is None) is supported
 
 
 def test_logged_steps_do_not_depend_on_grouping(synthetic_root, one_thread):
