@@ -36,6 +36,11 @@ PER_STEP_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backw
                   "on_before_optimizer_step", "on_before_zero_grad")
 
 
+# the parts of an optimizer step that Lightning lets a module override: the grouped steps call none of them
+STEP_PARTS = ("backward", "optimizer_step", "optimizer_zero_grad", "lr_scheduler_step",
+              "configure_gradient_clipping")
+
+
 class StepGroups:
     """The training loader's batches in lists of `size`: one Lightning batch is one such group.
 
@@ -66,6 +71,9 @@ def unsupported(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:
     """Why the grouped steps cannot train this run exactly as Lightning would, or None."""
     if not isinstance(module, MNISTClassifier) or type(module).training_step is not MNISTClassifier.training_step:
         return f"{type(module).__name__} has a training_step of its own"
+    for hook in (*PER_STEP_HOOKS, *STEP_PARTS):
+        if getattr(type(module), hook) is not getattr(MNISTClassifier, hook):
+            return f"{type(module).__name__}.{hook}, which Lightning calls at every step"
     if not module.automatic_optimization:
         return "the module optimizes manually"
     checks = [

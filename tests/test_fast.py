@@ -216,6 +216,20 @@ def test_a_callback_acting_on_every_batch_takes_the_standard_path(synthetic_root
     assert seen.calls == 16 and "EveryBatch" in caplog.text
 
 
+def test_a_module_acting_on_every_step_takes_the_standard_path(synthetic_root, one_thread, caplog):
+    class GradNorms(MNISTClassifier):
+        def on_before_optimizer_step(self, optimizer):
+            self.seen = getattr(self, "seen", 0) + 1
+
+    pl.seed_everything(0, verbose=False)
+    model = GradNorms(MLP(), partial(torch.optim.Adam, lr=1e-3))
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[GroupedSteps()])
+    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+        trainer.fit(model, MNISTDataModule(str(synthetic_root), download=False, val_size=100))
+    assert model.seen == 16 and "GradNorms.on_before_optimizer_step" in caplog.text
+
+
 def test_step_groups_hold_the_same_batches(synthetic_root):
     dm = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=32)
     dm.setup("fit")
