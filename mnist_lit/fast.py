@@ -268,9 +268,7 @@ class GroupedSteps(pl.Callback):
         if self.graphs is not None:
             loss_trace, correct_trace = self.graphs(batch, lrs)
         else:
-            device = self.sums["loss"].device
-            loss_trace = torch.empty(n + 1, device=device)
-            correct_trace = torch.empty(n, dtype=torch.long, device=device)
+            loss_trace, correct_trace = new_traces(n, self.sums["loss"].device)
             self.train_group(batch, lrs, group_ends(batch), loss_trace, correct_trace)
         every, first = trainer.log_every_n_steps, trainer.global_step
         points = []
@@ -381,6 +379,16 @@ def group_ends(batches) -> torch.Tensor:
     return sizes.cumsum(0) - 1
 
 
+def new_traces(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where train_group leaves n steps' running sums: loss (n + 1, float32), correct (n, int64)."""
+    return torch.empty(n + 1, device=device), torch.empty(n, dtype=torch.long, device=device)
+
+
+def lr_table(lrs: list[list[float]] | None, device: torch.device) -> torch.Tensor | None:
+    """planned_lrs' rows as the float32 values the optimizer's learning-rate tensors hold, on `device`."""
+    return None if lrs is None else torch.tensor(lrs, dtype=torch.float32).to(device)
+
+
 def graphs_for(device: torch.device):
     """What replays groups of steps on `device`: CUDA graphs on a GPU, nothing (eager steps) on a CPU."""
     return CudaGraph if device.type == "cuda" else None
@@ -430,13 +438,12 @@ class CapturedGroups:
         self.replays = 0
 
     def __call__(self, batches, lrs: list[list[float]] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        x0, y0 = batches[0]
+        x0 = batches[0][0]
         shape = tuple(len(y) for _, y in batches)
         if shape not in self.graphs and (shape not in self.seen or len(self.graphs) >= self.MOST):
             self.seen.add(shape)
-            traces = (torch.empty(len(shape) + 1, device=x0.device),
-                      torch.empty(len(shape), dtype=torch.long, device=y0.device))
-            lrs = None if lrs is None else torch.tensor(lrs, dtype=torch.float32).to(x0.device)
+            traces = new_traces(len(shape), x0.device)
+            lrs = lr_table(lrs, x0.device)
             self.graph_type.warm_up(lambda: self.run(batches, lrs, group_ends(batches), *traces))
             return traces
         if shape not in self.graphs:
@@ -454,14 +461,13 @@ class CapturedGroups:
     def capture(self, batches, lrs):
         x = torch.cat([x for x, _ in batches])
         y = torch.cat([y for _, y in batches])
-        static_lrs = None if lrs is None else torch.tensor(lrs, dtype=torch.float32).to(x.device)
+        static_lrs = lr_table(lrs, x.device)
         views, start = [], 0
         for _, batch_y in batches:
             views.append((x[start:start + len(batch_y)], y[start:start + len(batch_y)]))
             start += len(batch_y)
         ends = group_ends(batches)
-        traces = (torch.empty(len(batches) + 1, device=x.device),
-                  torch.empty(len(batches), dtype=torch.long, device=x.device))
+        traces = new_traces(len(batches), x.device)
         graph = self.graph_type()
         graph.capture(lambda: self.run(views, static_lrs, ends, *traces))
         # every tensor the graph reads or writes stays alive with it: freed, its memory would be reused
