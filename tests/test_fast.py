@@ -12,10 +12,10 @@ import torch
 from conftest import SYNTHETIC_OVERRIDES, run_cli
 from lightning.pytorch.loggers import Logger
 
+from mnist_lit import fast as fast_module
 from mnist_lit.augment import RandomAffine
 from mnist_lit.callbacks import StepAxis, TrainingCurve
 from mnist_lit.data import MNISTDataModule
-from mnist_lit import fast as fast_module
 from mnist_lit.errors import UserError
 from mnist_lit.fast import GroupedSteps, StepGroups, make_capturable
 from mnist_lit.model import MLP
@@ -281,7 +281,7 @@ def test_cuda_graph_steps_match_eager_on_gpu(synthetic_root):
                              enable_progress_bar=False, num_sanity_val_steps=0, callbacks=[grouped])
         trainer.fit(model, dm)
         results[fast] = (params(model), trainer.callback_metrics, grouped)
-    graphs = results[True][2].graphs  # groups of 4 steps: 3 captured per epoch, the short last one too
+    graphs = results[True][2].graphs  # groups of 4 steps: a graph for the full groups, one for the short last
     assert graphs is not None and len(graphs.graphs) == 2 and graphs.replays == 6
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
