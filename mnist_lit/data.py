@@ -161,6 +161,8 @@ class TensorBatches:
             # it sets the epoch), after the batches already trained
             self.epoch, skip = self.resume["epoch"], self.resume["done"]
             self.resume.clear()
+            if skip >= len(self):  # saved at that epoch's end: the run goes on with the next epoch
+                self.epoch, skip = self.epoch + 1, 0
         batches = self._batches()
         for _ in range(skip):
             next(batches, None)

@@ -53,9 +53,6 @@ class StepGroups:
         self.sampler, self.batch_sampler = batches, None  # Lightning calls sampler.set_epoch every epoch
         self.steps_per_epoch = len(batches)
 
-    def resume_at(self, epoch: int, done: int) -> None:
-        self.batches.resume_at(epoch, done)
-
     def __iter__(self):
         group = []
         for batch in self.batches:
@@ -137,7 +134,6 @@ class GroupedSteps(pl.Callback):
         self.enabled, self.size = enabled, steps_per_execution
         self.active = False
         self.sums: dict[str, torch.Tensor] = {}
-        self.saved: dict | None = None
         self.graphs: CapturedGroups | None = None
         self.points = None
 
@@ -196,12 +192,10 @@ class GroupedSteps(pl.Callback):
         # loss: float32 on the device; correct: int64 on the device; steps and examples: counted on the host
         self.sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), dtype=torch.long,
                                                                                     device=device)}
-        self.steps = self.count = 0
-        if self.saved is not None:
-            for key in self.sums:
-                self.sums[key].copy_(self.saved[key])
-            self.steps, self.count = int(self.saved["steps"]), int(self.saved["count"])
-        self.sums_epoch = self.saved_epoch if self.saved is not None else trainer.current_epoch
+        # a run resumed mid-epoch goes on from the sums its checkpoint holds in the module's metrics (Lightning
+        # then calls no on_train_epoch_start before the epoch's remaining batches)
+        self.steps, self.count = from_module_metrics(pl_module, self.sums)
+        self.epoch_steps = trainer.train_dataloader.steps_per_epoch
         self.host_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
         graph_type = graphs_for(device)
         if graph_type is not None:
@@ -209,11 +203,10 @@ class GroupedSteps(pl.Callback):
             self.graphs = CapturedGroups(self.train_group, graph_type)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self.active and self.sums_epoch != trainer.current_epoch:  # not the epoch a resumed run goes on with
+        if self.active:
             for value in self.sums.values():
                 value.zero_()
             self.steps = self.count = 0
-            self.sums_epoch = trainer.current_epoch
 
     # --- the steps -----------------------------------------------------------------------------------------
 
@@ -323,15 +316,42 @@ class GroupedSteps(pl.Callback):
 
     # --- checkpoints ---------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        if not self.active or not self.sums:
-            return {}
-        sums = {k: v.detach().cpu() for k, v in self.sums.items()} | {"steps": self.steps, "count": self.count}
-        return {"epoch": self.sums_epoch, "sums": sums}
+    # A checkpoint resumes on either path (fast=true, fast=false or a fallback): it holds what fast=false's
+    # would, the step count where Lightning's standard path counts it and the epoch's sums in the module's metrics.
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict:
-            self.saved, self.saved_epoch = state_dict["sums"], state_dict["epoch"]
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        compat.steps_in_both_counters(checkpoint)
+        if not self.active:
+            return
+        compat.batches_as_steps(checkpoint, self.steps)
+        if 0 < self.steps < self.epoch_steps:  # mid-epoch; at its end the module's metrics are reset
+            checkpoint["state_dict"].update(as_module_metrics(pl_module, self.sums, self.steps, self.count))
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        compat.steps_in_both_counters(checkpoint)
+
+
+def as_module_metrics(module: MNISTClassifier, sums: dict[str, torch.Tensor], steps: int,
+                      count: int) -> dict[str, torch.Tensor]:
+    """The grouped steps' sums as the state of the module's train_loss (MeanMetric) and train_acc (micro
+    MulticlassAccuracy) after the same steps: their entries in the module's state_dict."""
+    correct = sums["correct"].reshape(1).clone()
+    wrong = count - correct
+    return {"train_loss.mean_value": sums["loss"].clone(),
+            "train_loss.weight": torch.tensor(float(steps), device=correct.device),
+            "train_acc.tp": correct, "train_acc.fp": wrong, "train_acc.fn": wrong.clone(),
+            "train_acc.tn": module.train_acc.num_classes * count - correct - 2 * wrong}
+
+
+def from_module_metrics(module: MNISTClassifier, sums: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Load the module's train_loss and train_acc state into `sums`, then reset those metrics (the grouped
+    steps keep the sums); returns the steps and examples they count."""
+    sums["loss"].copy_(module.train_loss.mean_value)
+    sums["correct"].copy_(module.train_acc.tp.sum())
+    steps, count = int(module.train_loss.weight), int(module.train_acc.tp.sum() + module.train_acc.fn.sum())
+    module.train_loss.reset()
+    module.train_acc.reset()
+    return steps, count
 
 
 def _means(loss_sum: torch.Tensor, steps: int, correct: torch.Tensor, count: int):

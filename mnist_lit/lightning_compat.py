@@ -26,6 +26,41 @@ def count_optimizer_steps(trainer: pl.Trainer, steps: int) -> None:
     loop._batches_that_stepped += steps - 1
 
 
+def steps_in_both_counters(checkpoint: dict) -> None:
+    """Write a checkpoint's optimizer-step count into both of Lightning's step counters.
+
+    Lightning counts an automatically optimized module's steps (fast=false, a fallback) and a manually
+    optimized one's (the grouped steps) in separate records, and `global_step` reads the one that matches
+    the module: without this, a checkpoint resumed on the other path would start again at step 0.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop:
+        return
+    automatic = loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]
+    manual = loop["epoch_loop.manual_optimization.optim_step_progress"]
+    counted = max(automatic["step"], manual, key=lambda progress: progress["total"]["completed"])
+    for progress in (automatic["step"], automatic["zero_grad"], manual):
+        for part in ("total", "current"):
+            done = counted[part]["completed"]
+            progress[part].update(ready=done, completed=done)
+            if "started" in progress[part]:  # zero_grad's
+                progress[part]["started"] = done
+
+
+def batches_as_steps(checkpoint: dict, epoch_steps: int) -> None:
+    """Count a grouped-steps checkpoint's training batches as Lightning's standard path does: one batch per
+    optimizer step (`epoch_steps` of them in the current epoch), where Lightning counted groups.
+
+    On the standard path Lightning runs validation when an epoch's batch count reaches the loader's length:
+    a resumed run counting on from groups would never reach it.
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    for part, done in (("total", checkpoint["global_step"]), ("current", epoch_steps)):
+        counts = progress[part]
+        # ready, started, processed and completed differ by the batch under way, if any: kept so
+        progress[part] = {key: done - (counts["ready"] - value) for key, value in counts.items()}
+
+
 @contextlib.contextmanager
 def fit_length(trainer: pl.Trainer, steps: int):
     """Within the block, `trainer.estimated_stepping_batches` (a schedule's length) is `steps`.

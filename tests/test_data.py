@@ -87,6 +87,17 @@ def test_resume_at_starts_the_next_iteration_in_that_epoch_after_the_trained_bat
     assert len(list(iterator)) == 10 and len(list(batches)) == 10  # later iterations are whole
 
 
+def test_resume_after_an_epochs_last_batch_starts_the_next_epoch():
+    # a checkpoint saved at the end of epoch 1 (`ckpt_path=.../last.ckpt trainer.max_epochs=...`)
+    x, y = torch.arange(100.0).unsqueeze(1), torch.arange(100)
+    batches = TensorBatches(x, y, batch_size=10, shuffle=True, seed=0)
+    batches.set_epoch(2)
+    epoch2 = [b[1].tolist() for b in batches]
+    batches.set_epoch(1)
+    batches.resume_at(1, 10)
+    assert [b[1].tolist() for b in batches] == epoch2
+
+
 def test_missing_files_error_names_folder_and_fix(tmp_path):
     with pytest.raises(UserError) as err:
         check_mnist_files(tmp_path)

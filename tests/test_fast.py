@@ -43,7 +43,7 @@ ONECYCLE = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=3e-3, total_steps
 
 
 def fit(root, *, fast=True, size=4, epochs=2, scheduler=None, augment=False, every=5, optimizer=None,
-        **trainer_args):
+        callbacks=(), ckpt_path=None, **trainer_args):
     pl.seed_everything(0, verbose=False)
     dm = MNISTDataModule(str(root), download=False, val_size=100, batch_size=32)
     model = MNISTClassifier(MLP(), optimizer or partial(torch.optim.Adam, lr=1e-3), scheduler,
@@ -52,10 +52,11 @@ def fit(root, *, fast=True, size=4, epochs=2, scheduler=None, augment=False, eve
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", logger=recorder, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=every,
-        callbacks=[TrainingCurve(), StepAxis(), StopOnDivergence(), ResumeExactly(), GroupedSteps(fast, size)],
+        callbacks=[TrainingCurve(), StepAxis(), StopOnDivergence(), ResumeExactly(), GroupedSteps(fast, size),
+                   *callbacks],
         **trainer_args,
     )
-    trainer.fit(model, dm)
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
     return model, trainer, recorder.logged
 
 
@@ -77,6 +78,41 @@ def test_grouped_steps_are_bit_identical_to_lightnings_path(synthetic_root, one_
     if recipe == "onecycle":  # the schedule ran over the whole fit's 32 steps, not over groups
         lrs = [value for _, name, value in logged_fast if name == "lr"]
         assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[-1] < 1e-4
+
+
+class SaveAt(pl.Callback):
+    """Test helper: saves a checkpoint after optimizer step `step` (mid-epoch), as a Ctrl-C would."""
+
+    steps_in_groups = True
+
+    def __init__(self, step: int, path):
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_checkpoint_resumes_on_either_path(synthetic_root, one_thread, tmp_path):
+    # saved after step 24 (8 steps into the second epoch) by each path, resumed by the other: both go on
+    # at step 24 with the epoch's sums so far, and end as the uninterrupted runs
+    ref, _, logged = fit(synthetic_root, fast=True, scheduler=ONECYCLE,
+                         callbacks=[SaveAt(24, tmp_path / "fast.ckpt")])
+    fit(synthetic_root, fast=False, scheduler=ONECYCLE, callbacks=[SaveAt(24, tmp_path / "slow.ckpt")])
+    saved = {path: torch.load(tmp_path / f"{path}.ckpt", weights_only=True) for path in ("fast", "slow")}
+    assert saved["fast"]["global_step"] == saved["slow"]["global_step"] == 24
+    assert saved["fast"]["state_dict"].keys() == saved["slow"]["state_dict"].keys()
+    for key, value in saved["slow"]["state_dict"].items():
+        assert torch.equal(saved["fast"]["state_dict"][key], value), key
+    assert saved["slow"]["state_dict"]["train_loss.weight"] == 8
+    for counter in ("epoch_loop.batch_progress", "epoch_loop.state_dict"):
+        assert saved["fast"]["loops"]["fit_loop"][counter] == saved["slow"]["loops"]["fit_loop"][counter]
+    for resumed_by, path in ((False, "fast"), (True, "slow")):
+        model, trainer, resumed = fit(synthetic_root, fast=resumed_by, scheduler=ONECYCLE,
+                                      ckpt_path=tmp_path / f"{path}.ckpt")
+        assert model.automatic_optimization is not resumed_by and trainer.global_step == 32
+        assert torch.equal(params(model), params(ref))
+        assert resumed == [entry for entry in logged if entry[0] > 24], resumed_by  # running curve included
 
 
 class ReplayOnCpu:

@@ -64,6 +64,61 @@ def test_counted_steps_are_global_steps_and_logger_steps():
     assert module.estimated == 1234 and trainer.max_steps == -1  # fit_length restores max_steps
 
 
+class Automatic(pl.LightningModule):
+    """Automatically optimized, one step a batch: Lightning's standard path."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.first_step = self.first_batch = None
+
+    def on_train_start(self):
+        self.first_step = self.trainer.global_step
+
+    def training_step(self, batch, batch_idx):
+        if self.first_batch is None:
+            self.first_batch = batch_idx
+        return self.layer(batch).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(15, 2), batch_size=1)
+
+
+class SaveAfterSecondBatch(pl.Callback):
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 1:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_grouped_checkpoint_resumes_on_lightnings_standard_path(tmp_path):
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu",
+                         callbacks=[SaveAfterSecondBatch(tmp_path / "grouped.ckpt")])
+    trainer.fit(Steps(group=5))  # saved mid-epoch, after 2 batches of 5 steps
+    checkpoint = torch.load(tmp_path / "grouped.ckpt", weights_only=True)
+    compat.steps_in_both_counters(checkpoint)
+    compat.batches_as_steps(checkpoint, 10)
+    loop = checkpoint["loops"]["fit_loop"]
+    automatic = loop["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]
+    assert automatic["step"]["total"]["completed"] == 10
+    # saved within the second batch's end hook: completed lags by that batch
+    assert loop["epoch_loop.batch_progress"]["current"] == {"ready": 10, "started": 10, "processed": 10,
+                                                            "completed": 9}
+    torch.save(checkpoint, tmp_path / "standard.ckpt")
+    module = Automatic()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, ckpt_path=tmp_path / "standard.ckpt")
+    # resumed as after 10 batches of one step: the step count and the batch index go on from there
+    assert (module.first_step, module.first_batch) == (10, 10)
+
+
 def test_checkpoint_saving_within_epochs_is_seen():
     from datetime import timedelta
 

@@ -111,3 +111,25 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, 
     again = run_cli("mnist_lit.train", f"resume={run}", pause[0], env={"PYTHONPATH": str(TESTS)})
     assert again.returncode == 0, again.stderr[-3000:]
     assert compared(run) == first and first["best_val_acc"] is not None
+
+
+@pytest.mark.slow
+def test_training_longer_from_an_epochs_end_goes_on_with_the_next_epoch(synthetic_root, tmp_path):
+    # the README's `ckpt_path=<run>/checkpoints/last.ckpt trainer.max_epochs=...`: saved at the end of
+    # epoch 0, by either path, resumed by the other, it trains epoch 1 and ends as one run of 2 epochs
+    base = [f"data.root={synthetic_root}", *[o for o in OVERRIDES if not o.startswith("trainer.max_epochs")]]
+    first = popen_train("-m", "fast=true,false", "trainer.max_epochs=1",
+                        f"hydra.sweep.dir={tmp_path / 'first'}", *base)
+    whole = popen_train("trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'whole'}", *base)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    longer = {fast: popen_train("trainer.max_epochs=2", f"fast={fast}", f"hydra.run.dir={tmp_path / fast}",
+                                f"ckpt_path={tmp_path / 'first' / job / 'checkpoints' / 'last.ckpt'}", *base)
+              for fast, job in (("false", "0"), ("true", "1"))}  # job 0 ran fast=true, job 1 fast=false
+    for proc in (whole, *longer.values()):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    expected = compared(tmp_path / "whole")
+    assert expected["steps"] == 2 * 16 and expected["epochs"] == 2
+    for fast in longer:
+        assert compared(tmp_path / fast) == expected, fast
