@@ -51,8 +51,8 @@ def steps_per_epoch(trainer: pl.Trainer) -> int:
     """Optimizer steps in a training epoch (a loader of step groups says how many it holds)."""
     loader = trainer.train_dataloader
     steps = getattr(loader, "steps_per_epoch", None)
-    if steps is None:
-        steps = trainer.num_training_batches // trainer.accumulate_grad_batches
+    if steps is None:  # Lightning also steps after an epoch's last, incomplete accumulation
+        steps = -(-trainer.num_training_batches // trainer.accumulate_grad_batches)
     return int(steps)
 
 

@@ -17,6 +17,7 @@ mnist_lit/lightning_compat.py.
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Callable
 
@@ -129,8 +130,6 @@ class GroupedSteps(pl.Callback):
     steps_in_groups = True
 
     def __init__(self, enabled: bool = True, steps_per_execution: int = 50):
-        if steps_per_execution < 1:
-            raise UserError(f"steps_per_execution={steps_per_execution} must be a positive integer (1: no grouping).")
         self.enabled, self.size = enabled, steps_per_execution
         self.active = False
         self.sums: dict[str, torch.Tensor] = {}
@@ -150,7 +149,8 @@ class GroupedSteps(pl.Callback):
         self.curve = next((cb for cb in trainer.callbacks if isinstance(cb, TrainingCurve)), None)
         if self.curve is not None:
             self.curve_at = trainer.callbacks.index(self.curve)
-            trainer.callbacks.remove(self.curve)  # its points come from inside the groups (log_points)
+            # its points come from inside the groups (log_points); a new list: Lightning is iterating the old
+            trainer.callbacks = [cb for cb in trainer.callbacks if cb is not self.curve]
         datamodule = trainer.datamodule
         make_batches = datamodule.train_dataloader
         datamodule.train_dataloader = lambda: StepGroups(make_batches(), self.size)
@@ -172,15 +172,25 @@ class GroupedSteps(pl.Callback):
         pl_module.train_metrics = self.train_metrics
 
     def stand_down(self, reason: str) -> None:
-        """Give the run back to Lightning's standard path: undo what setup changed."""
+        """Give the run back to Lightning's standard path, saying why."""
         _fall_back(reason)
+        self.undo()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self.active:  # the module as it was: another fit or test sees no trace of this
+            self.undo()
+
+    def undo(self) -> None:
+        """Undo what setup changed."""
         self.active = False
         for name in ("training_step", "train_metrics", "configure_optimizers"):
             vars(self.module).pop(name, None)
         self.module.automatic_optimization = True
         vars(self.trainer.datamodule).pop("train_dataloader", None)
         if self.curve is not None:
-            self.trainer.callbacks.insert(self.curve_at, self.curve)
+            callbacks = list(self.trainer.callbacks)
+            callbacks.insert(self.curve_at, self.curve)
+            self.trainer.callbacks = callbacks
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not self.active:
@@ -192,8 +202,8 @@ class GroupedSteps(pl.Callback):
         # loss: float32 on the device; correct: int64 on the device; steps and examples: counted on the host
         self.sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), dtype=torch.long,
                                                                                     device=device)}
-        # a run resumed mid-epoch goes on from the sums its checkpoint holds in the module's metrics (Lightning
-        # then calls no on_train_epoch_start before the epoch's remaining batches)
+        # a run resumed mid-epoch goes on from the sums its checkpoint holds in the module's metrics
+        # (Lightning then calls no on_train_epoch_start before the epoch's remaining batches)
         self.steps, self.count = from_module_metrics(pl_module, self.sums)
         self.epoch_steps = trainer.train_dataloader.steps_per_epoch
         self.host_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
@@ -300,7 +310,7 @@ class GroupedSteps(pl.Callback):
             group["lr"] = lr  # a device tensor would take a write (a kernel) per scheduler step
         rows = []
         with warnings.catch_warnings():  # the steps it plans for come after it here
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
             for _ in range(n):
                 rows.append([group["lr"] for group in groups])
                 self.scheduler.step()
@@ -317,7 +327,8 @@ class GroupedSteps(pl.Callback):
     # --- checkpoints ---------------------------------------------------------------------------------------
 
     # A checkpoint resumes on either path (fast=true, fast=false or a fallback): it holds what fast=false's
-    # would, the step count where Lightning's standard path counts it and the epoch's sums in the module's metrics.
+    # would: the step count where Lightning's standard path counts it, the epoch's sums in the module's
+    # metrics.
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         compat.steps_in_both_counters(checkpoint)

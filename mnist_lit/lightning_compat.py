@@ -15,13 +15,18 @@ from lightning.pytorch.callbacks import Checkpoint
 
 
 def count_optimizer_steps(trainer: pl.Trainer, steps: int) -> None:
-    """Count `steps` optimizer steps taken in one (manually optimized) training batch."""
+    """Count `steps` optimizer steps taken in one (manually optimized) training batch.
+
+    Counted where Lightning counts a manually optimized module's steps and where it counts an automatically
+    optimized one's: `global_step` stays right when the module optimizes automatically again after the fit.
+    """
     loop = trainer.fit_loop.epoch_loop
-    progress = loop.manual_optimization.optim_step_progress
-    progress.total.ready += steps
-    progress.total.completed += steps
-    progress.current.ready += steps
-    progress.current.completed += steps
+    for progress in (loop.manual_optimization.optim_step_progress,
+                     loop.automatic_optimization.optim_progress.optimizer.step):
+        progress.total.ready += steps
+        progress.total.completed += steps
+        progress.current.ready += steps
+        progress.current.completed += steps
     # Lightning adds one per batch after it: the loggers' step then advances by `steps`
     loop._batches_that_stepped += steps - 1
 

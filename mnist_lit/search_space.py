@@ -35,7 +35,7 @@ def distribution(override: Override):
     if isinstance(value, RangeSweep):
         values = list(override.sweep_iterator())
         if not values:
-            raise SearchSpaceError(f"{key}: {override.get_value_element_as_str()} is empty")
+            raise SearchSpaceError(f"{override.input_line} is empty: its stop must come after its start")
         if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
             return FloatDistribution(values[0], values[-1], step=value.step)
         return IntDistribution(int(values[0]), int(values[-1]), step=int(value.step))
@@ -60,7 +60,14 @@ def parse(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
         key = override.get_key_element()
         space.pop(key, None)
         fixed.pop(key, None)
-        value = distribution(override)
+        try:
+            value = distribution(override)
+        except SearchSpaceError:
+            raise
+        except ValueError as err:  # Optuna's own checks: low <= high, low > 0 on a log scale
+            reason = str(err).rstrip(".")
+            raise SearchSpaceError(f"{override.input_line}: {reason}; give the lower end first, and a positive "
+                                   "one on a log scale") from None
         if isinstance(value, BaseDistribution):
             space[key] = value
         else:

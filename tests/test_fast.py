@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from functools import partial
 from types import SimpleNamespace
 
@@ -10,11 +11,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import SYNTHETIC_OVERRIDES, run_cli
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import Logger
 
 from mnist_lit import fast as fast_module
 from mnist_lit.augment import RandomAffine
-from mnist_lit.callbacks import StepAxis, TrainingCurve
+from mnist_lit.callbacks import StepAxis, StepProgressBar, TrainingCurve
 from mnist_lit.data import MNISTDataModule
 from mnist_lit.errors import UserError
 from mnist_lit.fast import GroupedSteps, StepGroups, make_capturable
@@ -43,15 +45,16 @@ ONECYCLE = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=3e-3, total_steps
 
 
 def fit(root, *, fast=True, size=4, epochs=2, scheduler=None, augment=False, every=5, optimizer=None,
-        callbacks=(), ckpt_path=None, **trainer_args):
+        callbacks=(), ckpt_path=None, model=None, **trainer_args):
     pl.seed_everything(0, verbose=False)
     dm = MNISTDataModule(str(root), download=False, val_size=100, batch_size=32)
-    model = MNISTClassifier(MLP(), optimizer or partial(torch.optim.Adam, lr=1e-3), scheduler,
-                            augment=RandomAffine(degrees=10, translate=2) if augment else None)
+    model = model or MNISTClassifier(MLP(), optimizer or partial(torch.optim.Adam, lr=1e-3), scheduler,
+                                     augment=RandomAffine(degrees=10, translate=2) if augment else None)
     recorder = Recorder()
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", logger=recorder, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=every,
+        enable_progress_bar=any(isinstance(cb, ProgressBar) for cb in callbacks), enable_model_summary=False,
+        num_sanity_val_steps=0, log_every_n_steps=every,
         callbacks=[TrainingCurve(), StepAxis(), StopOnDivergence(), ResumeExactly(), GroupedSteps(fast, size),
                    *callbacks],
         **trainer_args,
@@ -64,12 +67,23 @@ def params(model):
     return torch.cat([p.detach().flatten() for p in model.net.parameters()])
 
 
+def grouped(trainer) -> bool:
+    """Whether the grouped steps trained: Lightning saw a batch per group (4 minibatches), not per step."""
+    return trainer.fit_loop.epoch_loop.batch_progress.total.completed < trainer.global_step
+
+
 @pytest.mark.parametrize("recipe", ["plain", "onecycle", "augment"])
 def test_grouped_steps_are_bit_identical_to_lightnings_path(synthetic_root, one_thread, recipe):
     options = {"plain": {}, "onecycle": {"scheduler": ONECYCLE}, "augment": {"augment": True}}[recipe]
-    fast, t_fast, logged_fast = fit(synthetic_root, fast=True, **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast, t_fast, logged_fast = fit(synthetic_root, fast=True, **options)
+    # the schedule planned ahead of the steps is no "scheduler stepped before the optimizer" (fast=false:
+    # none either)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
     slow, t_slow, logged_slow = fit(synthetic_root, fast=False, **options)
-    assert fast.automatic_optimization is False and slow.automatic_optimization is True  # both paths ran
+    assert grouped(t_fast) and not grouped(t_slow)  # both paths ran
+    assert fast.automatic_optimization and "training_step" not in vars(fast)  # the module as it was
     assert t_fast.global_step == t_slow.global_step == 32  # 2 epochs of 16 batches (500 examples)
     assert torch.equal(params(fast), params(slow))
     assert logged_fast == logged_slow  # every value, at every step
@@ -78,6 +92,16 @@ def test_grouped_steps_are_bit_identical_to_lightnings_path(synthetic_root, one_
     if recipe == "onecycle":  # the schedule ran over the whole fit's 32 steps, not over groups
         lrs = [value for _, name, value in logged_fast if name == "lr"]
         assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[-1] < 1e-4
+
+
+def test_a_fitted_module_fits_again_with_grouped_steps(synthetic_root, one_thread):
+    # a notebook's second trainer.fit of the same module: grouped again, from the weights the first one left
+    model, first, _ = fit(synthetic_root, epochs=1)
+    trained = params(model).clone()
+    model, second, logged = fit(synthetic_root, epochs=1, model=model)
+    assert grouped(first) and grouped(second) and second.global_step == 16
+    assert not torch.equal(params(model), trained)
+    assert [step for step, name, _ in logged if name == "val/acc"] == [16]
 
 
 class SaveAt(pl.Callback):
@@ -110,9 +134,40 @@ def test_a_checkpoint_resumes_on_either_path(synthetic_root, one_thread, tmp_pat
     for resumed_by, path in ((False, "fast"), (True, "slow")):
         model, trainer, resumed = fit(synthetic_root, fast=resumed_by, scheduler=ONECYCLE,
                                       ckpt_path=tmp_path / f"{path}.ckpt")
-        assert model.automatic_optimization is not resumed_by and trainer.global_step == 32
+        assert grouped(trainer) is resumed_by and trainer.global_step == 32
         assert torch.equal(params(model), params(ref))
         assert resumed == [entry for entry in logged if entry[0] > 24], resumed_by  # running curve included
+
+
+class ShownSteps(StepProgressBar):
+    """StepProgressBar recording what its training bar shows (done, total) after each batch and epoch."""
+
+    def __init__(self):
+        super().__init__(update_seconds=0)
+        self.shown = []
+
+    def on_train_batch_end(self, *args) -> None:
+        super().on_train_batch_end(*args)
+        self.record()
+
+    def on_train_epoch_end(self, *args) -> None:
+        super().on_train_epoch_end(*args)
+        self.record()
+
+    def record(self) -> None:
+        task = self.progress.tasks[self.train_progress_bar_id]
+        self.shown.append((task.completed, task.total))
+
+
+@pytest.mark.parametrize("fast, accumulate", [(True, 1), (False, 1), (False, 3)])
+def test_progress_bar_counts_optimizer_steps(synthetic_root, one_thread, fast, accumulate):
+    bar = ShownSteps()
+    fit(synthetic_root, fast=fast, epochs=1, callbacks=[bar], accumulate_grad_batches=accumulate)
+    # 16 batches: grouped 4 by 4, one by one, or 6 steps of up to 3 batches (the last one of 1)
+    expected = {(True, 1): [4, 8, 12, 16], (False, 1): list(range(1, 17)),
+                (False, 3): [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 6]}[fast, accumulate]
+    total = 6 if accumulate == 3 else 16
+    assert bar.shown == [(done, total) for done in expected] + [(total, total)]
 
 
 class ReplayOnCpu:
@@ -182,7 +237,7 @@ def test_a_scheduler_stepped_once_an_epoch_takes_the_standard_path(synthetic_roo
     (slow, _, logged_slow), (fell_back, trainer, logged) = runs
     lines = [r.getMessage() for r in caplog.records if r.name == "mnist_lit.fast"]
     assert len(lines) == 1 and "interval 'epoch'" in lines[0] and "standard path" in lines[0]
-    assert fell_back.automatic_optimization is True and trainer.global_step == 32
+    assert not grouped(trainer) and trainer.global_step == 32
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)  # two epoch ends: x0.1 each
     assert torch.equal(params(fell_back), params(slow)) and logged == logged_slow  # running curve included
 
@@ -230,7 +285,7 @@ def test_what_groups_cannot_do_falls_back_with_one_line(synthetic_root, one_thre
         model, trainer, logged = fit(synthetic_root, epochs=1, **trainer_args)
     lines = [r.getMessage() for r in caplog.records if r.name == "mnist_lit.fast"]
     assert len(lines) == 1 and reason in lines[0] and "standard path" in lines[0]
-    assert model.automatic_optimization is True and trainer.global_step > 0
+    assert not grouped(trainer) and trainer.global_step > 0
     assert any(name == "val/acc" for _, name, _ in logged)
 
 
@@ -288,11 +343,6 @@ def test_capturable_optimizer_for_cuda_graphs_or_a_clear_refusal():
     assert group["capturable"] is True and torch.is_tensor(group["lr"]) and group["lr"].item() == pytest.approx(2e-3)
     with pytest.raises(UserError, match="Adam"):  # SGD's learning rate cannot be a device tensor
         make_capturable(torch.optim.SGD(net.parameters(), lr=0.1), torch.device("cpu"), schedule=True)
-
-
-def test_bad_steps_per_execution_is_refused():
-    with pytest.raises(UserError, match="steps_per_execution=0"):
-        GroupedSteps(True, 0)
 
 
 def test_fast_false_runs_lightnings_own_features(synthetic_root, tmp_path):

@@ -59,6 +59,8 @@ def test_counted_steps_are_global_steps_and_logger_steps():
                          enable_model_summary=False, accelerator="cpu")
     trainer.fit(module)
     assert module.global_steps == [5, 10, 15] and trainer.global_step == 15
+    module.automatic_optimization = True  # as fast.GroupedSteps leaves the module after the fit
+    assert trainer.global_step == 15
     # Lightning logs epoch-end values at its batch counter, less one: 15 counted steps, not 3 batches
     assert logger.steps == [14]
     assert module.estimated == 1234 and trainer.max_steps == -1  # fit_length restores max_steps

@@ -56,6 +56,20 @@ def test_search_space_from_hydra_grammar():
     assert fixed == {"data.root": "x"}
 
 
+@pytest.mark.parametrize("override, said", [
+    ("lr=interval(1e-2, 1e-4)", "lr=interval(1e-2, 1e-4): "),
+    ("lr=tag(log, interval(0, 1e-2))", "lr=tag(log, interval(0, 1e-2)): "),
+    ("bs=range(64, 64)", "bs=range(64, 64) is empty"),
+])
+def test_an_impossible_search_space_is_named(override, said):
+    from mnist_lit.search_space import SearchSpaceError, parse
+
+    with pytest.raises(SearchSpaceError) as err:
+        parse([override])
+    message = str(err.value)
+    assert message.startswith(said) and ("lower end first" in message or "empty" in message)
+
+
 def test_search_trials_report_every_epoch_and_never_test(searched):
     sweep_dir, output = searched
     assert "Best parameters" in output
@@ -260,5 +274,7 @@ def test_the_same_search_command_again_continues_its_study(synthetic_root, tmp_p
     again = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=2", "trainer.max_epochs=1")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "continuing the Optuna search of" in again.stderr
-    assert [t.state.name for t in study_of(tmp_path).trials] == ["COMPLETE", "COMPLETE"]
+    trials = study_of(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[1].params != trials[0].params  # the seeded sampler does not start over
     assert metrics(tmp_path / "0")["status"] == metrics(tmp_path / "1")["status"] == "completed"

@@ -19,6 +19,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class OptunaSweeper(Sweeper):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # optuna-dashboard and study.trials_dataframe() name the objective, not "Objective 0"
             study.set_metric_names([str(self.config.optimized_metric)])
+        seed = self.config.hydra.sweeper.sampler.get("seed")
+        if study.trials and seed is not None:
+            # continuing a study: a sampler seeded as at its start would draw the first trials' parameters
+            study.sampler = instantiate(self.config.hydra.sweeper.sampler, seed=seed + len(study.trials))
         retry_interrupted(study)
         done = len(counted(study))
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s. Watch it with: "
