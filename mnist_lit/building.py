@@ -38,9 +38,22 @@ def check_accelerator(accelerator: str) -> None:
         )
 
 
-def check_optimizer(module) -> None:
-    """Build the optimizer once, so that a bad argument fails now, not after loading the data."""
+def check_optimizer(module, trainer: DictConfig) -> None:
+    """Build the optimizer and the scheduler once, so that a bad argument fails now, not after loading the
+    data. A schedule over the whole fit (`total_steps: null`, filled in by the module) needs a fit of known
+    length."""
     try:
-        module.optimizer_factory(params=module.net.parameters())
+        optimizer = module.optimizer_factory(params=module.net.parameters())
     except (TypeError, ValueError) as err:
         raise UserError(f"model.optimizer: {err}. Check its keys and values (--cfg job shows them).") from err
+    if module.scheduler_factory is None:
+        return
+    whole_fit = getattr(module.scheduler_factory, "keywords", {}).get("total_steps", 0) is None
+    if whole_fit and trainer.get("max_epochs", -1) == -1 and trainer.get("max_steps", -1) == -1:
+        raise UserError("model.scheduler spans the whole fit (total_steps: null), and trainer.max_epochs=-1 "
+                        "sets no end to it. Give trainer.max_epochs a number of epochs, or the scheduler a "
+                        "total_steps.")
+    try:
+        module.scheduler_factory(optimizer=optimizer, **({"total_steps": 1000} if whole_fit else {}))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"model.scheduler: {err}. Check its keys and values (--cfg job shows them).") from err

@@ -325,6 +325,14 @@ def swept_hparams(names, sweep_keys) -> set[str]:
     return swept
 
 
+def log_params(trainer: pl.Trainer, cfg) -> None:
+    """Give the other loggers (MLflow's params, CSV's hparams.yaml) what changes results, at the start: runs
+    that stop early have them too. TensorBoard's table comes with the scores (log_hparams)."""
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(result_hparams(cfg))
+
+
 def log_hparams(trainer: pl.Trainer, cfg, metric_names, sweep_keys=()) -> None:
     """Write the HPARAMS table; its metric columns read the scalars the run already logged.
 

@@ -234,7 +234,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from err
 
 
-def end_early(err: BaseException, stop: StopOnSignal, record, fit_seconds: float, lr) -> None:
+def end_early(err: BaseException, stop: StopOnSignal, record, fit_seconds: float, lr, resume: str) -> None:
     """Write metrics.json for a run that did not complete and raise what the user should see.
 
     Interrupted (a signal): status "interrupted" and how to resume; diverged: status "diverged" with the best
@@ -254,7 +254,7 @@ def end_early(err: BaseException, stop: StopOnSignal, record, fit_seconds: float
         raise RunStopped(
             f"interrupted by {name} in epoch {trainer.current_epoch} after {trainer.global_step} optimizer "
             f"steps; saved the resumable checkpoint {checkpoint} (metrics.json: status interrupted). Continue "
-            f"the run with: python -m mnist_lit.train resume={record.path.parent}", "interrupted", code) from None
+            f"the run with: python -m mnist_lit.train {resume}", "interrupted", code) from None
     if isinstance(err, Diverged):
         record.write("diverged", fit_seconds, {}, error=str(err))
         best = record.best_checkpoint

@@ -66,6 +66,32 @@ def _claim(folder: str) -> str:
     raise UserError(f"{folder}: 10,000 runs already use this name; choose another: hydra.run.dir=<folder>.")
 
 
+_HELD: list[int] = []  # the folders' lock files this process holds, until it ends
+
+
+def hold(folder: Path) -> bool:
+    """Take `folder`'s lock (`.lock` in it) for the rest of this process; False if another process has it."""
+    import fcntl
+
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP process that rank 0 started: rank 0 holds it
+        return True
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _HELD.append(fd)
+    return True
+
+
+def in_use(what: str, folder: Path) -> str:
+    return (f"{what} {folder} is in use: another process is continuing it (it holds {folder / '.lock'}). "
+            "Wait for that one to end, or stop it (Ctrl-C), then continue again; two at once would write the "
+            "same checkpoints.")
+
+
 def continues_search(config: DictConfig, folder: Path) -> bool:
     """An Optuna search started again on the folder of its own study: it continues that study (the same
     command again, as well as `-m resume=`), so the folder is its own."""
@@ -105,6 +131,9 @@ class ClaimRunDir(Callback):
             print(f"continuing the Optuna search of {folder} (its study: {Path(folder) / 'optuna.db'})",
                   file=sys.stderr)
             return
+        if is_resume and not hold(Path(folder)):
+            print(f"error: {in_use(kind, Path(folder))}", file=sys.stderr)
+            raise SystemExit(1)
         if busy and not is_resume:
             what = "a sweep" if kind == "sweep" else "another run (metrics.json or checkpoints)"
             again = f"python -m mnist_lit.train {'-m ' if kind == 'sweep' else ''}resume={folder}"
@@ -210,7 +239,10 @@ def continue_attempts(task: Callable[[DictConfig], T]) -> Callable[[DictConfig],
             if cfg.get("resume"):
                 log.info("resume=%s: continuing the run in its own folder from %s", cfg.resume, cfg.ckpt_path)
             return task(cfg)
-        done = prepare_attempt(cfg, Path(hydra_cfg.runtime.output_dir), f"job {hydra_cfg.job.num}")
+        out_dir = Path(hydra_cfg.runtime.output_dir)
+        if not hold(out_dir):  # a requeued SLURM job beside a `-m resume=` of its sweep, say
+            raise UserError(in_use(f"job {hydra_cfg.job.num}: its folder", out_dir))
+        done = prepare_attempt(cfg, out_dir, f"job {hydra_cfg.job.num}")
         if done is not None:
             return done.get("metrics", {}).get(cfg.get("optimized_metric"))
         preemption = PreemptionStopsTraining()

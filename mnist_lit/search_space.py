@@ -66,8 +66,8 @@ def parse(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
             raise
         except ValueError as err:  # Optuna's own checks: low <= high, low > 0 on a log scale
             reason = str(err).rstrip(".")
-            raise SearchSpaceError(f"{override.input_line}: {reason}; give the lower end first, and a positive "
-                                   "one on a log scale") from None
+            raise SearchSpaceError(f"{override.input_line}: {reason}; give the lower end first, and a "
+                                   "positive one on a log scale") from None
         if isinstance(value, BaseDistribution):
             space[key] = value
         else:

@@ -44,12 +44,13 @@ def _train(cfg: DictConfig, stop) -> dict:
     import torch
 
     from mnist_lit.building import build, build_each, check_accelerator, check_optimizer
-    from mnist_lit.callbacks import log_hparams, quiet_lightning
+    from mnist_lit.callbacks import log_hparams, log_params, quiet_lightning
     from mnist_lit.checkpoint import check_fits
     from mnist_lit.fast import GroupedSteps, unfused_for_clipping
     from mnist_lit.optuna_trial import TrialPruned, trial_callbacks  # [optuna hook]
     from mnist_lit.reliability import (
         AtomicCheckpointIO,
+        Diverged,
         Interrupted,
         ResumeExactly,
         StopOnDivergence,
@@ -69,7 +70,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     datamodule = build(cfg.data, "data")
     datamodule.prepare_data()  # missing or broken data fails here, before any other work
     model = build(cfg.model, "model")
-    check_optimizer(model)
+    check_optimizer(model, cfg.trainer)
     if cfg.get("ckpt_path"):
         check_fits(cfg.ckpt_path, model.net)  # weights-only; another network's checkpoint is named as such
     # not options: whatever the config, a run that stops early keeps its work (mnist_lit/reliability.py)
@@ -86,6 +87,7 @@ def _train(cfg: DictConfig, stop) -> dict:
         # check then reloads the NVML library inside every Adam step (0.1 ms, a tenth of a step here)
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     record = RunRecord(out_dir, cfg, trainer, datamodule, model)
+    log_params(trainer, cfg)
 
     start = time.perf_counter()
     try:
@@ -100,10 +102,15 @@ def _train(cfg: DictConfig, stop) -> dict:
                          verbose=False)
             metrics |= final_metrics(trainer, model, prefixes=("test/",))
     except TrialPruned as err:  # [optuna hook] status "pruned", exit 0: the sweeper tells Optuna
-        record.write("pruned", time.perf_counter() - start, final_metrics(trainer, model), pruned=str(err))
+        metrics = final_metrics(trainer, model)
+        record.write("pruned", time.perf_counter() - start, metrics, pruned=str(err))
+        log_hparams(trainer, cfg, metrics, sweep_keys())  # a search's pruned trials belong in the table too
         raise RunStopped(f"{err} (metrics.json: status pruned)", "pruned", 0) from None
     except BaseException as err:
-        end_early(err, stop, record, time.perf_counter() - start, cfg.model.optimizer.get("lr"))
+        if isinstance(err, Diverged):  # an ended run, as a pruned one (an interrupted one goes on later)
+            log_hparams(trainer, cfg, final_metrics(trainer, model), sweep_keys())
+        end_early(err, stop, record, time.perf_counter() - start, cfg.model.optimizer.get("lr"),
+                  resume_args())
         raise
 
     result = record.write("completed", fit_seconds, metrics)
@@ -114,6 +121,14 @@ def _train(cfg: DictConfig, stop) -> dict:
         log.info("%s  best val/acc %.4f  fit %.1f s  -> %s", tested, result["best_val_acc"] or float("nan"),
                  fit_seconds, out_dir)
     return result
+
+
+def resume_args() -> str:
+    """How to continue this run: a sweep's job (or search trial) with the whole sweep, the others alone."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"-m resume={Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)}"
+    return f"resume={hydra_cfg.runtime.output_dir}"
 
 
 SINGLE_RUN_DONE = False  # set by a completed run without -m: nothing else of this process is left to finish

@@ -55,6 +55,12 @@ CONFIG_CASES = [
     ("unknown-trainer-key", ["+trainer.epochs=3"], ["trainer", "epochs"]),
     ("unknown-optimizer", ["model.optimizer._target_=torch.optim.Adamm"], ["model", "torch.optim.Adamm"]),
     ("optimizer-argument", ["+model.optimizer.momentum=0.9"], ["model.optimizer", "momentum"]),
+    ("scheduler-value", ["model/scheduler=onecycle", "model.scheduler.pct_start=2"],
+     ["model.scheduler", "pct_start"]),
+    ("scheduler-argument", ["model/scheduler=onecycle", "+model.scheduler.warmup=1"],
+     ["model.scheduler", "warmup"]),
+    ("scheduler-endless", ["model/scheduler=onecycle", "trainer.max_epochs=-1"],
+     ["model.scheduler", "trainer.max_epochs=-1", "total_steps"]),
 ]
 
 

@@ -24,4 +24,7 @@ def test_mlflow_logger_records_the_run(synthetic_root, tmp_path):
     assert len(val_acc) == 2  # one value per epoch
     assert val_acc[-1].value == pytest.approx(metrics["metrics"]["val/acc"])
     assert run.data.metrics["test/acc"] == pytest.approx(metrics["test_acc"])
+    # what changes results, as in TensorBoard's HPARAMS table
+    assert run.data.params["optimizer/lr"] == "0.001" and run.data.params["data/batch_size"] == "32"
+    assert "data/root" not in run.data.params
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard still logs beside it

@@ -108,6 +108,9 @@ def test_pruned_trials_are_recorded_as_pruned(synthetic_root, tmp_path):
         assert m["status"] == "pruned" and m["epochs"] == 0
         assert f"trial {i} pruned after epoch 0" in m["pruned"]
         assert m["best_val_acc"] is not None
+        # in TensorBoard's HPARAMS table beside the completed trials, with the scores they reached
+        _, tags, _, _ = hparams_of(tmp_path / str(i) / "tensorboard")
+        assert tags[0] == "val/acc_best"
     assert [t.state for t in study_of(tmp_path).trials] == [optuna.trial.TrialState.PRUNED] * 2
     proc = run_cli("mnist_lit.summarize", str(tmp_path), "--csv")
     assert proc.returncode == 0, proc.stderr[-3000:]

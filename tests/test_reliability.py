@@ -10,6 +10,7 @@ import torch
 from conftest import SYNTHETIC_OVERRIDES
 from test_errors import cli
 from test_resume import popen_train
+from test_sweeps import hparams_of
 
 from mnist_lit.errors import UserError
 from mnist_lit.reliability import AtomicCheckpointIO
@@ -30,6 +31,9 @@ def test_divergence_stops_with_status_and_keeps_the_best_checkpoint(synthetic_ro
     assert best and "epoch00" in best and best in output
     weights = torch.load(best, weights_only=True)["state_dict"]
     assert all(torch.isfinite(w).all() for w in weights.values())
+    # in TensorBoard's HPARAMS table too, with the best score it reached
+    _, tags, scalars, _ = hparams_of(tmp_path / "tensorboard")
+    assert tags[0] == "val/acc_best" and scalars["val/acc_best"] == pytest.approx(metrics["best_val_acc"])
 
 
 def test_huge_learning_rate_diverges_at_once(synthetic_root, tmp_path, capfd):

@@ -133,6 +133,14 @@ def test_a_folder_holding_another_run_is_refused(synthetic_root, tmp_path):
     assert proc.returncode == 1 and "last.ckpt" in proc.stderr and "Traceback" not in proc.stderr
     assert (run / "metrics.json").read_text() == '{"status": "completed"}\n'
 
+    # while another process continues it (here this test's), a second resume is refused before any work
+    from mnist_lit.runs import hold
+
+    assert hold(run)
+    proc = run_cli("mnist_lit.train", f"resume={run}", timeout=120)
+    assert proc.returncode == 1 and f"run {run} is in use" in proc.stderr and "Traceback" not in proc.stderr
+    assert "continuing the run" not in proc.stdout
+
     (tmp_path / "sweep" / "0").mkdir(parents=True)
     (tmp_path / "sweep" / "multirun.yaml").write_text("{}\n")
     proc = run_cli("mnist_lit.train", "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=1,2", timeout=120)
@@ -255,6 +263,7 @@ def test_interrupted_sweep_resumes_its_unfinished_jobs(synthetic_root, tmp_path)
     assert json.loads((sweep_dir / "0" / "metrics.json").read_text())["status"] == "completed"
     stopped = json.loads((sweep_dir / "1" / "metrics.json").read_text())
     assert (stopped["status"], stopped["steps"]) == ("interrupted", 6)
+    assert f"python -m mnist_lit.train -m resume={sweep_dir}" in err  # the sweep goes on, not the job alone
     assert not (sweep_dir / "2").exists()  # never started
     first = (sweep_dir / "0" / "metrics.json").stat().st_mtime_ns
 
