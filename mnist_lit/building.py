@@ -27,6 +27,25 @@ def build_each(group: DictConfig | None, key: str) -> list:
     return [build(node, f"{key}.{name}") for name, node in (group or {}).items() if node is not None]
 
 
+def build_loggers(group: DictConfig | None) -> list:
+    """The loggers of the `logger` group. Jobs that share a SQLite store (MLflow's) build theirs in turn: the
+    first one creates the store's tables, and two creating them at once would fail one of the jobs."""
+    import contextlib
+    import fcntl
+    import os
+    from pathlib import Path
+
+    stores = {str(node.get("tracking_uri"))[len("sqlite:///"):] for node in (group or {}).values()
+              if node is not None and str(node.get("tracking_uri", "")).startswith("sqlite:///")}
+    with contextlib.ExitStack() as held:
+        for store in sorted(stores):
+            Path(store).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(f"{store}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            held.callback(os.close, fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released with the file's closing
+        return build_each(group, "logger")
+
+
 def check_accelerator(accelerator: str) -> None:
     """Refuse a GPU run on a machine without one, saying what to use instead (Lightning's own message doesn't)."""
     import torch

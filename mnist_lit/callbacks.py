@@ -283,7 +283,9 @@ def result_hparams(cfg) -> dict:
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
     flat = {"seed": cfg.seed, "data/batch_size": cfg.data.batch_size, "data/normalize": cfg.data.normalize,
-            "trainer/max_epochs": cfg.trainer.get("max_epochs")}
+            "data/val_size": cfg.data.val_size}
+    flat.update({f"trainer/{key}": cfg.trainer.get(key) for key in (
+        "max_epochs", "precision", "accumulate_grad_batches", "gradient_clip_val")})
     for part in HPARAM_PARTS:
         node = model.get(part)
         if not isinstance(node, dict):
@@ -295,7 +297,9 @@ def result_hparams(cfg) -> dict:
     flat.setdefault("optimizer/weight_decay", _default_argument(model["optimizer"]["_target_"], "weight_decay"))
     flat.update({f"model/{k}": v for k, v in model.items() if k not in HPARAM_PARTS
                  and not isinstance(v, (dict, list)) and not k.startswith("_") and k not in NOT_HPARAMS})
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
+    # a bool as text (TensorBoard would show a number), None as "none"
+    return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else str(v).lower()
+            for k, v in flat.items()}
 
 
 def _default_argument(target: str, name: str):

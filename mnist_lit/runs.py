@@ -66,24 +66,46 @@ def _claim(folder: str) -> str:
     raise UserError(f"{folder}: 10,000 runs already use this name; choose another: hydra.run.dir=<folder>.")
 
 
-_HELD: list[int] = []  # the folders' lock files this process holds, until it ends
+_HELD: dict[Path, int] = {}  # the folders whose lock this process holds (until it ends), their lock files
 
 
 def hold(folder: Path) -> bool:
     """Take `folder`'s lock (`.lock` in it) for the rest of this process; False if another process has it."""
     import fcntl
 
-    if os.environ.get("LOCAL_RANK", "0") != "0":  # a DDP process that rank 0 started: rank 0 holds it
+    if os.environ.get("LOCAL_RANK", "0") != "0" or folder.resolve() in _HELD:  # DDP: rank 0 holds it
         return True
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return True  # not writable: CheckRunDir says so in one line
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return False
-    _HELD.append(fd)
+    _HELD[folder.resolve()] = fd
     return True
+
+
+_RECORDED: dict[Path, bytes | None] = {}  # a resumed run's .hydra files as they were (None: not there)
+
+
+def keep_recorded(folder: Path) -> None:
+    """Remember `folder`'s .hydra files before Hydra writes the resumed run's over them."""
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        path = folder / ".hydra" / name
+        _RECORDED[path] = path.read_bytes() if path.is_file() else None
+
+
+def put_back_recorded() -> None:
+    """A refused resume leaves the run's folder as it was: its .hydra files as before the command."""
+    for path, content in _RECORDED.items():
+        if content is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(content)
 
 
 def in_use(what: str, folder: Path) -> str:
@@ -118,6 +140,7 @@ class ClaimRunDir(Callback):
                 claimed = _claim(folder)
             except OSError:
                 return  # not writable: CheckRunDir reports it in one line
+            hold(Path(claimed))
             if claimed != folder:
                 with read_write(config.hydra), open_dict(config.hydra):
                     node.dir = claimed
@@ -127,14 +150,8 @@ class ClaimRunDir(Callback):
         resume = config.get("resume")
         is_resume = resume is not None and Path(str(resume)).resolve() == Path(folder).resolve()
         busy = holds_sweep(Path(folder)) if kind == "sweep" else holds_run(Path(folder))
-        if busy and not is_resume and continues_search(config, Path(folder)):
-            print(f"continuing the Optuna search of {folder} (its study: {Path(folder) / 'optuna.db'})",
-                  file=sys.stderr)
-            return
-        if is_resume and not hold(Path(folder)):
-            print(f"error: {in_use(kind, Path(folder))}", file=sys.stderr)
-            raise SystemExit(1)
-        if busy and not is_resume:
+        search = busy and not is_resume and continues_search(config, Path(folder))
+        if busy and not is_resume and not search:
             what = "a sweep" if kind == "sweep" else "another run (metrics.json or checkpoints)"
             again = f"python -m mnist_lit.train {'-m ' if kind == 'sweep' else ''}resume={folder}"
             # Hydra turns a callback's exception into a warning and goes on, so this one exits itself
@@ -142,6 +159,14 @@ class ClaimRunDir(Callback):
                   f"it. Choose another folder, leave hydra.{kind}.dir out (a fresh timestamped folder), or "
                   f"continue that {kind} with: {again}", file=sys.stderr)
             raise SystemExit(1)
+        if not hold(Path(folder)):  # a run still training there, or another resume of it
+            print(f"error: {in_use(kind, Path(folder))}", file=sys.stderr)
+            raise SystemExit(1)
+        if search:
+            print(f"continuing the Optuna search of {folder} (its study: {Path(folder) / 'optuna.db'})",
+                  file=sys.stderr)
+        if is_resume and kind == "run":
+            keep_recorded(Path(folder))
 
 
 # ------------------------------------------------------------------------------------------- attempts
@@ -236,9 +261,14 @@ def continue_attempts(task: Callable[[DictConfig], T]) -> Callable[[DictConfig],
 
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:
-            if cfg.get("resume"):
-                log.info("resume=%s: continuing the run in its own folder from %s", cfg.resume, cfg.ckpt_path)
-            return task(cfg)
+            if not cfg.get("resume"):
+                return task(cfg)
+            log.info("resume=%s: continuing the run in its own folder from %s", cfg.resume, cfg.ckpt_path)
+            try:
+                return task(cfg)
+            except UserError:
+                put_back_recorded()
+                raise
         out_dir = Path(hydra_cfg.runtime.output_dir)
         if not hold(out_dir):  # a requeued SLURM job beside a `-m resume=` of its sweep, say
             raise UserError(in_use(f"job {hydra_cfg.job.num}: its folder", out_dir))

@@ -143,5 +143,12 @@ def validate(cfg: DictConfig) -> None:
     if max_epochs is not None and (not isinstance(max_epochs, int) or isinstance(max_epochs, bool)
                                    or not (max_epochs > 0 or max_epochs == -1)):
         problems.append(f"trainer.max_epochs={max_epochs!r}: must be a positive integer (or -1: no limit)")
+    for key in ("accumulate_grad_batches", "check_val_every_n_epoch"):
+        value = cfg.trainer.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            problems.append(f"trainer.{key}={value!r}: must be a positive integer")
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and not (_positive_number(clip) or clip == 0):
+        problems.append(f"trainer.gradient_clip_val={clip!r}: must be a number > 0 (or null: no clipping)")
     if problems:
         raise UserError("invalid config: " + "; ".join(problems) + ".")

@@ -43,7 +43,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     import lightning.pytorch as pl
     import torch
 
-    from mnist_lit.building import build, build_each, check_accelerator, check_optimizer
+    from mnist_lit.building import build, build_each, build_loggers, check_accelerator, check_optimizer
     from mnist_lit.callbacks import log_hparams, log_params, quiet_lightning
     from mnist_lit.checkpoint import check_fits
     from mnist_lit.fast import GroupedSteps, unfused_for_clipping
@@ -77,7 +77,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     callbacks = build_each(cfg.get("callbacks"), "callbacks") + [
         stop, StopOnDivergence(), ResumeExactly(), GroupedSteps(cfg.fast, cfg.steps_per_execution)]
     callbacks += trial_callbacks()  # [optuna hook] in an Optuna search's trial: report val/acc, get pruned
-    loggers = build_each(cfg.get("logger"), "logger")
+    loggers = build_loggers(cfg.get("logger"))
     trainer: pl.Trainer = build(  # #13: cluster_plugins() switches Lightning's SLURM auto-requeue off
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],

@@ -59,6 +59,11 @@ CONFIG_CASES = [
      ["model.scheduler", "pct_start"]),
     ("scheduler-argument", ["model/scheduler=onecycle", "+model.scheduler.warmup=1"],
      ["model.scheduler", "warmup"]),
+    ("accumulate-negative", ["trainer.accumulate_grad_batches=-2"],
+     ["trainer.accumulate_grad_batches=-2", "positive integer"]),
+    ("val-every-zero", ["trainer.check_val_every_n_epoch=0"],
+     ["trainer.check_val_every_n_epoch=0", "positive"]),
+    ("clip-negative", ["trainer.gradient_clip_val=-1"], ["trainer.gradient_clip_val=-1", "> 0"]),
     ("scheduler-endless", ["model/scheduler=onecycle", "trainer.max_epochs=-1"],
      ["model.scheduler", "trainer.max_epochs=-1", "total_steps"]),
 ]

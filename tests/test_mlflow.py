@@ -28,3 +28,28 @@ def test_mlflow_logger_records_the_run(synthetic_root, tmp_path):
     assert run.data.params["optimizer/lr"] == "0.001" and run.data.params["data/batch_size"] == "32"
     assert "data/root" not in run.data.params
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))  # TensorBoard still logs beside it
+
+
+def test_jobs_sharing_a_store_build_their_loggers_in_turn(tmp_path):
+    # the first job to use a new SQLite store creates its tables; a second doing it at once would fail
+    import fcntl
+    import os
+    import threading
+
+    from omegaconf import OmegaConf
+
+    from mnist_lit.building import build_loggers
+
+    store = tmp_path / "mlflow.db"
+    group = OmegaConf.create({"mlflow": {"_target_": "lightning.pytorch.loggers.MLFlowLogger",
+                                         "experiment_name": "mnist_lit", "tracking_uri": f"sqlite:///{store}"}})
+    other = os.open(f"{store}.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another job, building its loggers
+    built = []
+    job = threading.Thread(target=lambda: built.extend(build_loggers(group)))
+    job.start()
+    job.join(1.0)
+    assert job.is_alive() and not built  # waits for its turn
+    os.close(other)
+    job.join(120)
+    assert [type(logger).__name__ for logger in built] == ["MLFlowLogger"]

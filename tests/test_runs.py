@@ -125,13 +125,16 @@ def test_a_folder_holding_another_run_is_refused(synthetic_root, tmp_path):
 
     # that run's own resume may write there, and says so (here it then stops at the corrupt checkpoint)
     (run / ".hydra").mkdir()
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"data.root={synthetic_root}",
-                                                                    "data.download=false"]))
-    proc = run_cli("mnist_lit.train", f"resume={run}", timeout=120)
+    recorded = yaml.safe_dump([f"data.root={synthetic_root}", "data.download=false"])
+    (run / ".hydra" / "overrides.yaml").write_text(recorded)
+    proc = run_cli("mnist_lit.train", f"resume={run}", "seed=7", timeout=120)
     said = f"resume={run}: continuing the run in its own folder from {run}/checkpoints/last.ckpt"
     assert said in proc.stdout
     assert proc.returncode == 1 and "last.ckpt" in proc.stderr and "Traceback" not in proc.stderr
     assert (run / "metrics.json").read_text() == '{"status": "completed"}\n'
+    # refused, it leaves the run's recorded config as it was (Hydra had written the command's over it)
+    assert (run / ".hydra" / "overrides.yaml").read_text() == recorded
+    assert sorted(p.name for p in (run / ".hydra").iterdir()) == ["overrides.yaml"]
 
     # while another process continues it (here this test's), a second resume is refused before any work
     from mnist_lit.runs import hold

@@ -79,6 +79,9 @@ def test_grid_sweep_jobs_tensorboard_and_summary(synthetic_root, tmp_path):
         assert values["data/batch_size"] == int(overrides["data.batch_size"])
         # what changes results, not the plumbing
         assert {"net/hidden_sizes", "optimizer/class", "trainer/max_epochs", "seed"} <= set(values)
+        assert (values["trainer/precision"], values["trainer/gradient_clip_val"], values["data/normalize"],
+                values["trainer/accumulate_grad_batches"], values["data/val_size"]) == ("32-true", "none",
+                                                                                        "false", 1, 100)
         assert not {"data/root", "data/eval_batch_size", "steps_per_execution", "optimizer/fused"} & set(values)
         assert {"val/acc_best", "test/acc", "val/loss", "test/loss"} <= set(tags)
         # what the sweep varies is marked so: TensorBoard lists it first and shows it (five columns at first)
