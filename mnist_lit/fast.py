@@ -394,6 +394,10 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device, sche
     for group in optimizer.param_groups:
         if "capturable" in group:  # optimizers with a step counter (Adam, AdamW)
             group["capturable"] = True
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if torch.is_tensor(state.get("step")):  # resumed from the standard path's state: on the host
+                    state["step"] = state["step"].to(device=device, dtype=torch.float32)
         if schedule:
             if "capturable" not in group:
                 raise UserError(

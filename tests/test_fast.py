@@ -343,6 +343,12 @@ def test_capturable_optimizer_for_cuda_graphs_or_a_clear_refusal():
     assert group["capturable"] is True and torch.is_tensor(group["lr"]) and group["lr"].item() == pytest.approx(2e-3)
     with pytest.raises(UserError, match="Adam"):  # SGD's learning rate cannot be a device tensor
         make_capturable(torch.optim.SGD(net.parameters(), lr=0.1), torch.device("cpu"), schedule=True)
+    # a state resumed from the standard path's checkpoint keeps its step counts on the host: moved along
+    resumed = torch.optim.Adam(net.parameters(), lr=2e-3)
+    net(torch.zeros(1, 784)).sum().backward()
+    resumed.step()
+    make_capturable(resumed, torch.device("meta"), schedule=False)  # a device the test can tell apart
+    assert {state["step"].device.type for state in resumed.state.values()} == {"meta"}
 
 
 def test_fast_false_runs_lightnings_own_features(synthetic_root, tmp_path):
