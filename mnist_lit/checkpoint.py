@@ -70,8 +70,10 @@ def is_run_dir(path: Path) -> bool:
 
 
 def latest_run_dir(runs_dir: Path = RUNS_DIR) -> Path | None:
-    """The most recently started run under logs/train/runs, or None."""
-    runs = [p for p in runs_dir.glob("*") if is_run_dir(p)] if runs_dir.is_dir() else []
+    """The most recently started run under logs/train/runs that has a checkpoint, or None (a run refused
+    for a config mistake, or stopped before its first epoch ended, has none)."""
+    runs = [p for p in runs_dir.glob("*") if is_run_dir(p) and any(p.glob("checkpoints/*.ckpt"))] \
+        if runs_dir.is_dir() else []
     # the config is written once, when the run starts; the folder's own time changes with every file added
     return max(runs, key=lambda p: (p / CONFIG_FILE).stat().st_mtime, default=None)
 
@@ -171,17 +173,26 @@ def read_checkpoint(path: str | Path) -> dict:
         raise UserError(
             f"checkpoint {path} is empty (0 bytes): the save was interrupted. Use another checkpoint."
         )
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if start != b"PK\x03\x04":  # torch.save has written zip archives since torch 1.6
+        raise UserError(
+            f"checkpoint {path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is "
+            "none). Use a checkpoint written by mnist_lit.train, e.g. <run>/checkpoints/last.ckpt."
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only refuses any object that is not a tensor or a plain container: the file was written
         # by other code, and unpickling it could run arbitrary code
+        lines = str(err).splitlines()
+        what = next((line.strip() for line in lines if "WeightsUnpickler error" in line), lines[0])
         raise UserError(
             f"checkpoint {path} holds Python objects other than tensors and plain values, which mnist-lit "
-            f"refuses to unpickle (it could run arbitrary code): {str(err).splitlines()[0][:200]}. Use a "
-            "checkpoint written by mnist_lit.train."
+            f"refuses to unpickle (it could run arbitrary code): {what[:200]}. Use a checkpoint written by "
+            "mnist_lit.train."
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(
             f"checkpoint {path} cannot be read: it is truncated or corrupt, or not a PyTorch file "
             f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Use another checkpoint, e.g. "

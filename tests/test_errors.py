@@ -168,6 +168,10 @@ def test_checkpoint_faults(synthetic_root, tmp_path, capfd):
     code, output = cli(capfd, *base, f"ckpt_path={tmp_path / 'bad.ckpt'}")
     assert code == 1 and "truncated or corrupt" in output and "Traceback" not in output
 
+    (tmp_path / "text.ckpt").write_text("hello\n")  # torch would unpickle it the pre-1.6 way: KeyError
+    code, output = cli(capfd, *base, f"ckpt_path={tmp_path / 'text.ckpt'}")
+    assert code == 1 and "is not a PyTorch checkpoint" in output and "Traceback" not in output
+
     from mnist_lit.model import MLP
 
     wide = {f"net.{k}": v for k, v in MLP(hidden_sizes=[64]).state_dict().items()}

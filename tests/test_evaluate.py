@@ -182,15 +182,17 @@ def test_run_dir_mistakes(synthetic_run, tmp_path):
     assert load_run(synthetic_run, ckpt_path=lone).checkpoint == lone
 
 
-def test_run_dir_latest_is_the_last_started_run(synthetic_run, tmp_path, monkeypatch):
+def test_run_dir_latest_is_the_last_started_run_with_a_checkpoint(synthetic_run, tmp_path, monkeypatch):
     from mnist_lit.checkpoint import resolve_run_dir
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="no training run found"):
         resolve_run_dir("latest")
     runs = Path("logs/train/runs")
-    for started, name in ((2000, "newer"), (1000, "older")):
+    for started, name in ((3000, "refused"), (2000, "newer"), (1000, "older")):
         shutil.copytree(synthetic_run / ".hydra", runs / name / ".hydra")
+        if name != "refused":  # a config mistake: refused before any checkpoint
+            shutil.copytree(synthetic_run / "checkpoints", runs / name / "checkpoints")
         os.utime(runs / name / ".hydra" / "config.yaml", (started, started))
     (runs / "older" / "eval.json").write_text("{}")  # evaluating an old run does not make it the latest
     assert resolve_run_dir("latest") == runs / "newer"
