@@ -57,6 +57,16 @@ class CheckRunDir(Callback):
             raise SystemExit(1) from None
 
 
+def whole_number(cfg: DictConfig, key: str, least: int, most: int | None = None) -> int:
+    """`cfg[key]` if it is a whole number in [least, most]; else a UserError saying what it must be."""
+    value = cfg.get(key)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole or value < least or (most is not None and value > most):
+        span = f"between {least} and {most}" if most is not None else f"at least {least}"
+        raise UserError(f"{key}={value!r} must be a whole number {span}.")
+    return value
+
+
 def user_error_of(err: BaseException) -> UserError | None:
     """The UserError behind `err`: itself, or the cause Hydra's instantiate wrapped it in."""
     while err is not None and not isinstance(err, UserError):

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mnist_lit.errors import UserError, report_user_errors
+from mnist_lit.errors import UserError, report_user_errors, whole_number
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 TOLERANCE = 1e-5
@@ -121,6 +121,7 @@ def export(cfg: DictConfig) -> dict:
     fmt = str(cfg.format).lower()
     if fmt not in FORMATS:
         raise UserError(f"format={cfg.format} is not known; choose one of {', '.join(FORMATS)}.")
+    whole_number(cfg, "check_digits", 1, 10_000)
     run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))
     images, _ = load_test_set(run.data_root(cfg.data.get("root")), cfg.data.get("download", False))
     pixels = images[: cfg.check_digits].float() / 255

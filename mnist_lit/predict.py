@@ -17,9 +17,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from mnist_lit.errors import UserError, report_user_errors
+from mnist_lit.errors import UserError, report_user_errors, whole_number
 
 OUTPUTS = ("text", "json")
+PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
 @dataclass
@@ -117,8 +118,10 @@ def predict(cfg: DictConfig) -> list[Prediction]:
 
     if cfg.output not in OUTPUTS:
         raise UserError(f"output={cfg.output} is not known; choose one of {', '.join(OUTPUTS)}.")
-    if cfg.top_k < 1:
-        raise UserError(f"top_k={cfg.top_k} must be at least 1.")
+    whole_number(cfg, "top_k", 1)
+    if cfg.get("preview") and Path(cfg.preview).suffix.lower() not in PREVIEW_SUFFIXES:
+        raise UserError(f"preview={cfg.preview}: the picture is written as PNG, JPEG, PDF or SVG; name it "
+                        f"with one of {', '.join(PREVIEW_SUFFIXES)}.")
     images, indices = as_list(cfg.get("images")), parse_indices(cfg.get("index"))
     if not images and not indices:
         raise UserError(

@@ -202,3 +202,23 @@ def test_malicious_checkpoint_is_refused_and_not_run(synthetic_root, tmp_path, c
     # the same file unpickled without protection would have run the code: the check above means something
     torch.load(tmp_path / "evil.ckpt", weights_only=False)
     assert pwned.exists()
+
+
+@pytest.mark.parametrize(("command", "override", "said"), [
+    ("predict", "top_k=abc", "top_k='abc' must be a whole number at least 1"),
+    ("predict", "preview=seen.txt", "preview=seen.txt: the picture is written as PNG"),
+    ("export", "check_digits=0", "check_digits=0 must be a whole number between 1 and 10000"),
+    ("evaluate", "misclassified=-1", "misclassified=-1 must be a whole number at least 0"),
+])
+def test_command_option_mistakes_are_named(synthetic_run, command, override, said):
+    import importlib
+
+    from conftest import compose
+
+    from mnist_lit.errors import UserError
+
+    needed = ["index=0"] if command == "predict" else []
+    cfg = compose(command, f"run_dir={synthetic_run}", override, *needed)
+    with pytest.raises(UserError) as err:
+        getattr(importlib.import_module(f"mnist_lit.{command}"), command)(cfg)
+    assert said in str(err.value)
