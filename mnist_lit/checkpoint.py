@@ -132,11 +132,10 @@ def best_checkpoint(run_dir: Path) -> Path:
             recorded = json.loads(metrics_file.read_text()).get("best_checkpoint")
         except (json.JSONDecodeError, AttributeError):
             recorded = None
-        if recorded:
-            # the run folder may have been moved since: then the file is found by its name
-            for candidate in (Path(recorded), ckpt_dir / Path(recorded).name):
-                if candidate.is_file():
-                    return candidate
+        # only its name: the run's checkpoints are in its own folder (which may have been moved or copied
+        # since), and a path in an edited metrics.json may point anywhere
+        if recorded and (ckpt_dir / Path(str(recorded)).name).is_file():
+            return ckpt_dir / Path(str(recorded)).name
     candidates = sorted(ckpt_dir.glob("epoch*.ckpt"), key=_val_acc)
     if candidates:
         return candidates[-1]

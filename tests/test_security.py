@@ -389,3 +389,18 @@ def test_resume_with_a_trusted_target_given_again(synthetic_run, tmp_path):
     with pytest.raises(UserError, match=r"callbacks\.evil\._target_ names the target 'os\.system'"):
         expand_resume([f"resume={run}", "+callbacks.pause._target_=test_resume.PauseAt",
                        "callbacks.evil._target_=mnist_lit.callbacks.LogSampleDigits"])
+
+
+def test_metrics_json_names_a_checkpoint_only_inside_the_run(synthetic_run, tmp_path):
+    import json
+
+    from mnist_lit.checkpoint import best_checkpoint
+
+    run = copy_run(synthetic_run, tmp_path)
+    best = best_checkpoint(run)
+    assert best.parent == run / "checkpoints"  # the copy's own, not the original run's file
+    outside = tmp_path / "elsewhere.ckpt"
+    shutil.copy(best, outside)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"best_checkpoint": str(outside)}))
+    assert best_checkpoint(run) == best  # a path outside the run is not followed
