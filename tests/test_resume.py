@@ -73,7 +73,8 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, 
         time.sleep(0.05)
     assert marker.exists(), proc.communicate()[1][-3000:]
     if fast == "true":  # while it trains, its folder is its own: a resume of it is refused
-        busy = run_cli("mnist_lit.train", f"resume={run}", timeout=120)
+        busy = run_cli("mnist_lit.train", f"resume={run}", pause[0], env={"PYTHONPATH": str(TESTS)},
+                       timeout=120)
         assert busy.returncode == 1 and f"run {run} is in use" in busy.stderr, busy.stderr[-3000:]
     proc.send_signal(signal.SIGINT)
     marker.unlink()  # after the signal: the run goes on to the end of this training_step, then stops
