@@ -94,7 +94,7 @@ class StopOnSignal(pl.Callback):
             cb = trainer.checkpoint_callback
             if cb is not None and cb.save_last:  # #13: it is the run's last.ckpt, also in epoch 0: a resume
                 cb.last_model_path = str(path)  # then overwrites it instead of adding last-v1.ckpt
-            trainer.save_checkpoint(path, weights_only=False)  # the whole state; unsaid, Lightning logs a line
+            trainer.save_checkpoint(path, weights_only=False)  # the whole state (unsaid: Lightning logs it)
             raise Interrupted(self.signum or signal.SIGINT, str(path))
 
 

@@ -68,7 +68,8 @@ def test_tensorboard_shows_curves_images_and_hparams_on_the_optimizer_step_axis(
     hparams = groups[0]["hparams"]
     assert set(hparams) == {
         "seed", "data/batch_size", "data/normalize", "data/val_size", "trainer/max_epochs",
-        "trainer/precision", "trainer/accumulate_grad_batches", "trainer/gradient_clip_val", "net/class", "net/hidden_sizes",
+        "trainer/precision", "trainer/accumulate_grad_batches", "trainer/gradient_clip_val", "net/class",
+        "net/hidden_sizes",
         "net/dropout", "net/init", "optimizer/class", "optimizer/lr", "optimizer/weight_decay", "scheduler",
         "augment", "model/label_smoothing"}
     assert hparams["optimizer/class"] == "Adam" and hparams["optimizer/weight_decay"] == 0.0
