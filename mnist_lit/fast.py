@@ -132,6 +132,7 @@ class GroupedSteps(pl.Callback):
     def __init__(self, enabled: bool = True, steps_per_execution: int = 50):
         self.enabled, self.size = enabled, steps_per_execution
         self.active = False
+        self.grouped = False  # whether it trained (active during training; a fit's end restores the module)
         self.sums: dict[str, torch.Tensor] = {}
         self.graphs: CapturedGroups | None = None
         self.points = None
@@ -195,6 +196,7 @@ class GroupedSteps(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if not self.active:
             return
+        self.grouped = True
         self.optimizer = trainer.optimizers[0]
         configs = trainer.lr_scheduler_configs
         self.scheduler = configs[0].scheduler if configs and configs[0].interval == "step" else None
