@@ -102,7 +102,7 @@ class RunRecord:
             "split_digest": getattr(self.datamodule, "split_digest", None),
             "trainable_params": sum(p.numel() for p in self.module.net.parameters() if p.requires_grad),
             "device": device_name(trainer),
-            # whether the grouped steps trained (mnist_lit.fast.GroupedSteps), or the run took the standard path
+            # whether the grouped steps trained (mnist_lit.fast.GroupedSteps), or Lightning's standard path
             "fast": any(getattr(cb, "grouped", False) for cb in self.trainer.callbacks),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "gpu_peak_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
