@@ -136,6 +136,9 @@ def test_resume_continues_the_study_and_retries_interrupted_trials(searched, tmp
     assert metrics(sweep_dir / "4")["status"] == "completed" and not (sweep_dir / "3").exists()
     ran = yaml.safe_load((sweep_dir / "4" / ".hydra" / "overrides.yaml").read_text())
     assert "trainer.max_epochs=2" in ran and "hparams_search=optuna" in ran
+    # the summary's columns are what the trials varied, not how the later ones were started (resume=)
+    proc = run_cli("mnist_lit.summarize", str(sweep_dir), "--csv")
+    assert proc.returncode == 0 and "resume" not in proc.stdout.splitlines()[0], proc.stdout
 
     # n_trials reached: running the same command again adds nothing
     proc = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra.sweeper.n_trials=4", timeout=300)
