@@ -59,9 +59,17 @@ class Run:
         return bool(OmegaConf.select(self.cfg, "data.normalize", default=False))
 
     def data_root(self, override: str | None = None) -> str:
-        """The MNIST folder: `override` when given, else the run's own data.root (resolved here, now)."""
+        """The MNIST folder: `override` when given, else the folder the run trained on (metrics.json's
+        data_root, where it still is), else its data.root resolved here and now (`${oc.env:MNIST_ROOT,data}`
+        depends on the shell)."""
         if override:
             return str(override)
+        try:
+            trained_on = json.loads((self.run_dir / "metrics.json").read_text()).get("data_root")
+        except (OSError, ValueError, AttributeError):
+            trained_on = None
+        if isinstance(trained_on, str) and Path(trained_on).is_dir():
+            return trained_on
         return str(OmegaConf.select(self.cfg, "data.root", default="data"))
 
 

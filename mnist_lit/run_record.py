@@ -98,6 +98,7 @@ class RunRecord:
             "steps": trainer.global_step,
             "fit_seconds": round(fit_seconds, 3),
             "seed": self.cfg.seed,
+            "data_root": str(Path(self.datamodule.root).resolve()),
             "split_seed": self.datamodule.split_seed,
             "split_digest": getattr(self.datamodule, "split_digest", None),
             "trainable_params": sum(p.numel() for p in self.module.net.parameters() if p.requires_grad),

@@ -205,3 +205,23 @@ def test_unwritable_output_dir_is_named(synthetic_run, tmp_path):
     blocker.write_text("")
     with pytest.raises(UserError, match=r"cannot write into .*a_file/figures .*; pass output_dir="):
         evaluate(compose("evaluate", f"run_dir={synthetic_run}", f"output_dir={blocker / 'figures'}"))
+
+
+def test_the_data_a_run_trained_on_is_found_without_its_shell(synthetic_run, synthetic_root, tmp_path):
+    # the recorded data.root may read the environment (${oc.env:MNIST_ROOT,data}), which differs later
+    import json
+
+    import yaml
+
+    from mnist_lit.checkpoint import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(synthetic_run, run, ignore=shutil.ignore_patterns("tensorboard", "*.png"))
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["data"]["root"] = "${oc.env:NO_SUCH_VARIABLE,data}"
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_run(run).data_root() == str(Path(synthetic_root).resolve())  # metrics.json's data_root
+    assert load_run(run).data_root("elsewhere") == "elsewhere"  # data.root= on the command line wins
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"data_root": str(tmp_path / "gone")}))
+    assert load_run(run).data_root() == "data"  # moved away since: the config's, resolved now
