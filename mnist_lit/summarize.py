@@ -35,7 +35,8 @@ def load_job(folder: Path, metric: str) -> dict:
     overrides = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
     given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
     # how a job was started again (a resumed sweep's later jobs), not what it ran
-    job = {"job": folder.name, "overrides": {k: v for k, v in given.items() if k not in ("resume", "ckpt_path")}}
+    job = {"job": folder.name,
+           "overrides": {k: v for k, v in given.items() if k not in ("resume", "ckpt_path")}}
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
     except FileNotFoundError:
