@@ -93,7 +93,10 @@ def _train(cfg: DictConfig, stop) -> dict:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         if stop.signum is not None:  # a signal during the last validation: training is complete, but stop
-            raise Interrupted(stop.signum, str(last_checkpoint_path(trainer)))
+            path = last_checkpoint_path(trainer)
+            if not path.is_file():  # no checkpoint callback saved it (callbacks=none): the training is kept
+                trainer.save_checkpoint(path, weights_only=False)
+            raise Interrupted(stop.signum, str(path))
         fit_seconds = time.perf_counter() - start
         metrics = record.previous | final_metrics(trainer, model)
         if cfg.get("test", True):

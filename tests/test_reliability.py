@@ -2,9 +2,11 @@
 
 import errno
 import json
+import os
 import signal
 import time
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import SYNTHETIC_OVERRIDES
@@ -67,6 +69,27 @@ def test_sigterm_saves_a_resumable_checkpoint(synthetic_root, tmp_path):
     ckpt = torch.load(metrics["resume_checkpoint"], weights_only=True)
     resume = ckpt["callbacks"]["ResumeExactly"]
     assert ckpt["global_step"] == 10 and (resume["epoch"], resume["batches_done"]) == (0, 10)
+
+
+class SignalAtTrainEnd(pl.Callback):
+    """Test helper: SIGTERM to its own process when training has ended (after the last validation)."""
+
+    def on_train_end(self, trainer, pl_module):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_a_signal_after_the_last_epoch_keeps_the_training(synthetic_root, tmp_path):
+    # a time limit hitting a job between its last epoch and its test, without checkpoint callbacks
+    run = tmp_path / "run"
+    proc = popen_train(f"data.root={synthetic_root}", f"hydra.run.dir={run}", *SYNTHETIC_OVERRIDES,
+                       "trainer.max_epochs=1", "callbacks=none",
+                       f"+callbacks.signal._target_={__name__}.SignalAtTrainEnd")
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["steps"] == 16
+    assert torch.load(metrics["resume_checkpoint"], weights_only=True)["global_step"] == 16
 
 
 def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch):
