@@ -71,14 +71,18 @@ class RunRecord:
     def __init__(self, out_dir: Path, cfg, trainer: pl.Trainer, datamodule, module: pl.LightningModule):
         self.path = Path(out_dir) / "metrics.json"
         self.cfg, self.trainer, self.datamodule, self.module = cfg, trainer, datamodule, module
-        self.previous = self._previous_metrics() if cfg.get("resume") else {}
+        recorded = self._recorded() if cfg.get("resume") else {}
+        # a resumed run goes on from what its earlier attempts recorded: metrics (a run resumed after its last
+        # epoch trains nothing new) and fit time
+        self.previous = dict(recorded.get("metrics") or {})
+        self.previous_fit = recorded.get("fit_seconds") or 0.0
 
-    def _previous_metrics(self) -> dict:
-        """The metrics a resumed run had recorded (a run resumed after its last epoch trains nothing new)."""
+    def _recorded(self) -> dict:
         try:
-            return dict(json.loads(self.path.read_text()).get("metrics") or {})
-        except (OSError, ValueError, AttributeError):
+            recorded = json.loads(self.path.read_text())
+        except (OSError, ValueError):
             return {}
+        return recorded if isinstance(recorded, dict) else {}
 
     @property
     def best_checkpoint(self) -> str | None:
@@ -96,7 +100,7 @@ class RunRecord:
             "metrics": metrics,
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
-            "fit_seconds": round(fit_seconds, 3),
+            "fit_seconds": round(self.previous_fit + fit_seconds, 3),
             "seed": self.cfg.seed,
             "data_root": str(Path(self.datamodule.root).resolve()),
             "split_seed": self.datamodule.split_seed,

@@ -5,6 +5,7 @@ Also the determinism check: two uninterrupted runs with trainer.deterministic=tr
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -96,6 +97,10 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, 
     resumed = run_cli("mnist_lit.train", f"resume={run}", pause[0], env={"PYTHONPATH": str(TESTS)})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    # its fit time is both attempts' (the log line gives this attempt's, to 0.1 s)
+    attempt = float(re.search(r"fit ([0-9.]+) s", resumed.stdout + resumed.stderr).group(1))
+    total = json.loads((run / "metrics.json").read_text())["fit_seconds"]
+    assert total == pytest.approx(interrupted["fit_seconds"] + attempt, abs=0.06)
     out, err = by_ckpt.communicate(timeout=300)
     assert by_ckpt.returncode == 0, err[-3000:]
     out, err = sweep.communicate(timeout=300)
