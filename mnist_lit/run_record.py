@@ -72,8 +72,8 @@ class RunRecord:
         self.path = Path(out_dir) / "metrics.json"
         self.cfg, self.trainer, self.datamodule, self.module = cfg, trainer, datamodule, module
         # a resumed run (resume=, or a sweep job continuing its earlier attempt: ckpt_path) goes on from what
-        # its earlier attempts recorded here: metrics (resumed after its last epoch, it trains nothing new) and
-        # fit time. A ckpt_path= run in a new folder finds nothing recorded.
+        # its earlier attempts recorded here: metrics (resumed after its last epoch it trains nothing new)
+        # and fit time. A ckpt_path= run in a new folder finds nothing recorded.
         recorded = self._recorded() if cfg.get("resume") or cfg.get("ckpt_path") else {}
         self.previous = dict(recorded.get("metrics") or {})
         self.previous_fit = recorded.get("fit_seconds") or 0.0
