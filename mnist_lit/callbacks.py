@@ -163,6 +163,12 @@ class StepProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, None, None, self.total_train_batches - 1)
         super().on_train_epoch_end(trainer, pl_module)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # the module logs an epoch's train/loss and train/acc after this callback's epoch end: the last
+        # epoch's would never be shown
+        super().on_train_epoch_end(trainer, pl_module)
+        super().on_train_end(trainer, pl_module)
+
 
 class NetworkSummary(pl.Callback):
     """At the start of fitting, prints the network layer by layer with exact parameter counts (101,770 for

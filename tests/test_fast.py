@@ -162,7 +162,11 @@ class ShownSteps(StepProgressBar):
 @pytest.mark.parametrize("fast, accumulate", [(True, 1), (False, 1), (False, 3)])
 def test_progress_bar_counts_optimizer_steps(synthetic_root, one_thread, fast, accumulate):
     bar = ShownSteps()
-    fit(synthetic_root, fast=fast, epochs=1, callbacks=[bar], accumulate_grad_batches=accumulate)
+    _, trainer, _ = fit(synthetic_root, fast=fast, epochs=1, callbacks=[bar],
+                        accumulate_grad_batches=accumulate)
+    # at the end it shows the last epoch's training scores, logged after its epoch-end redraw (Rich's state)
+    shown = bar._metric_component._metrics
+    assert shown["train/loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))
     # 16 batches: grouped 4 by 4, one by one, or 6 steps of up to 3 batches (the last one of 1)
     expected = {(True, 1): [4, 8, 12, 16], (False, 1): list(range(1, 17)),
                 (False, 3): [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 6]}[fast, accumulate]
