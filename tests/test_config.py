@@ -53,7 +53,8 @@ EFFECTS = {
                                                              == "EarlyStopping"] == [3],
     ("callbacks", "none"): lambda d, m, c, lg, t: c == [],
     ("debug", "fast_dev_run"): lambda d, m, c, lg, t: t.fast_dev_run == 1,
-    ("debug", "limit"): lambda d, m, c, lg, t: (t.limit_train_batches, t.max_epochs, t.log_every_n_steps) == (20, 2, 5),
+    ("debug", "limit"): lambda d, m, c, lg, t: (t.limit_train_batches, t.max_epochs, t.log_every_n_steps)
+    == (20, 2, 5),
     ("debug", "overfit"): lambda d, m, c, lg, t: (t.overfit_batches, t.log_every_n_steps) == (10, 5),
     ("logger", "csv"): lambda d, m, c, lg, t: names(lg) == {"CSVLogger"},
     ("logger", "many"): lambda d, m, c, lg, t: names(lg) == {"CSVLogger", "TensorBoardLogger"},
