@@ -100,9 +100,10 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     # [cnn hook] the schemas that conf/model/net/{mlp,cnn}.yaml and conf/model/distill.yaml start with
-    store.store(group="model/net", name="mlp_schema", node=NetConfig)
-    store.store(group="model/net", name="cnn_schema", node=CNNConfig)
-    store.store(group="model", name="distill_schema", node=DistillModelConfig)
+    # at the root, not in those groups: `--help` would list them as options to choose
+    store.store(name="mlp_schema", node=NetConfig)
+    store.store(name="cnn_schema", node=CNNConfig)
+    store.store(name="distill_schema", node=DistillModelConfig)
 
 
 def _positive_number(value: Any) -> bool:

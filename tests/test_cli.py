@@ -40,5 +40,7 @@ def test_help_and_cfg_job():
         name, _, options = line.partition(": ")
         groups.setdefault(name, options)
     assert "keras_tutorial" in groups["experiment"] and "cpu" in groups["trainer"].split(", ")
+    # options to choose only, not the schemas their files start with
+    assert (groups["model"], groups["model/net"]) == ("distill, mlp", "cnn, mlp")
     proc = run_cli("mnist_lit.train", "--cfg", "job", "data.batch_size=64")
     assert proc.returncode == 0 and "batch_size: 64" in proc.stdout
