@@ -9,8 +9,11 @@ any launcher (basic, joblib, submitit), tells the study how each ended (complete
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -136,15 +139,19 @@ class OptunaSweeper(Sweeper):
             returns += self.launcher.launch(overrides, initial_job_idx=first)
         failed, interrupted = 0, None
         for trial, ret in zip(trials, returns, strict=True):
+            said = io.StringIO()  # Hydra's "Error executing job with overrides" line: none for a pruned trial
             try:
-                value = ret.return_value  # raises the job's error
+                with contextlib.redirect_stderr(said):
+                    value = ret.return_value  # raises the job's error
             except TrialPruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 continue
             except RunStopped as err:  # Ctrl-C (keep_sweeping lets only "interrupted" through)
+                sys.stderr.write(said.getvalue())
                 interrupted = err
                 continue
             except Exception as err:  # a job failed (JobFailed: bad value, diverged, ...): the search goes on
+                sys.stderr.write(said.getvalue())
                 value = err
             if isinstance(value, (int, float)) and math.isfinite(value):
                 study.tell(trial, float(value))
