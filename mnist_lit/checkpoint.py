@@ -64,10 +64,7 @@ class Run:
         depends on the shell)."""
         if override:
             return str(override)
-        try:
-            trained_on = json.loads((self.run_dir / "metrics.json").read_text()).get("data_root")
-        except (OSError, ValueError, AttributeError):
-            trained_on = None
+        trained_on = read_metrics(self.run_dir).get("data_root")
         if isinstance(trained_on, str) and Path(trained_on).is_dir():
             return trained_on
         return str(OmegaConf.select(self.cfg, "data.root", default="data"))
@@ -130,20 +127,24 @@ def _val_acc(path: Path) -> float:
     return float(match.group(1)) if match else -1.0
 
 
+def read_metrics(folder: Path) -> dict:
+    """The run's metrics.json; {} where there is none, or none that reads as a JSON object."""
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def best_checkpoint(run_dir: Path) -> Path:
     """The run's best checkpoint: metrics.json's `best_checkpoint`, else the best `epoch*` file, else
     last.ckpt."""
     ckpt_dir = run_dir / "checkpoints"
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        try:
-            recorded = json.loads(metrics_file.read_text()).get("best_checkpoint")
-        except (json.JSONDecodeError, AttributeError):
-            recorded = None
-        # only its name: the run's checkpoints are in its own folder (which may have been moved or copied
-        # since), and a path in an edited metrics.json may point anywhere
-        if recorded and (ckpt_dir / Path(str(recorded)).name).is_file():
-            return ckpt_dir / Path(str(recorded)).name
+    recorded = read_metrics(run_dir).get("best_checkpoint")
+    # only its name: the run's checkpoints are in its own folder (which may have been moved or copied since),
+    # and a path in an edited metrics.json may point anywhere
+    if recorded and (ckpt_dir / Path(str(recorded)).name).is_file():
+        return ckpt_dir / Path(str(recorded)).name
     candidates = sorted(ckpt_dir.glob("epoch*.ckpt"), key=_val_acc)
     if candidates:
         return candidates[-1]

@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 
 from mnist_lit import __version__
+from mnist_lit.checkpoint import read_metrics
 from mnist_lit.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -74,16 +75,9 @@ class RunRecord:
         # a resumed run (resume=, or a sweep job continuing its earlier attempt: ckpt_path) goes on from what
         # its earlier attempts recorded here: metrics (resumed after its last epoch it trains nothing new)
         # and fit time. A ckpt_path= run in a new folder finds nothing recorded.
-        recorded = self._recorded() if cfg.get("resume") or cfg.get("ckpt_path") else {}
+        recorded = read_metrics(Path(out_dir)) if cfg.get("resume") or cfg.get("ckpt_path") else {}
         self.previous = dict(recorded.get("metrics") or {})
         self.previous_fit = recorded.get("fit_seconds") or 0.0
-
-    def _recorded(self) -> dict:
-        try:
-            recorded = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return recorded if isinstance(recorded, dict) else {}
 
     @property
     def best_checkpoint(self) -> str | None:

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import re
@@ -33,6 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mnist_lit.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
+from mnist_lit.checkpoint import read_metrics
 from mnist_lit.errors import RunStopped, UserError
 
 log = logging.getLogger(__name__)
@@ -171,13 +171,6 @@ class ClaimRunDir(Callback):
 
 # ------------------------------------------------------------------------------------------- attempts
 
-def read_metrics(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def set_aside(folder: Path) -> Path | None:
     """Move an earlier attempt's files into previous_attempts/<n>/ (nothing already written is lost)."""
     leftovers = [p for p in folder.iterdir()
@@ -195,7 +188,7 @@ def set_aside(folder: Path) -> Path | None:
 def prepare_attempt(cfg: DictConfig, out_dir: Path, job: str) -> dict | None:
     """Look at what an earlier attempt of this job left in `out_dir`; returns its metrics if it completed."""
     metrics = read_metrics(out_dir)
-    status = (metrics or {}).get("status")
+    status = metrics.get("status")
     last = out_dir / "checkpoints" / "last.ckpt"
     if status == "completed":
         log.info("%s completed in an earlier attempt: left alone (%s/metrics.json)", job, out_dir)
@@ -204,7 +197,7 @@ def prepare_attempt(cfg: DictConfig, out_dir: Path, job: str) -> dict | None:
         raise RunStopped(f"{job} diverged in an earlier attempt ({metrics.get('error')}); not run again. "
                          "Start a new sweep with a lower learning rate.", "diverged")
     if status in (None, "interrupted") and last.is_file():
-        where = (f"epoch {metrics['epochs']}, step {metrics['steps']}" if metrics and "steps" in metrics
+        where = (f"epoch {metrics['epochs']}, step {metrics['steps']}" if "steps" in metrics
                  else "its last checkpoint; the earlier attempt was killed")
         log.info("%s: continuing its earlier attempt from %s (%s)", job, last, where)
         with read_write(cfg), open_dict(cfg):
