@@ -343,12 +343,15 @@ def log_params(trainer: pl.Trainer, cfg) -> None:
             logger.log_hyperparams(result_hparams(cfg))
 
 
-def log_hparams(trainer: pl.Trainer, cfg, metric_names, sweep_keys=()) -> None:
+def log_hparams(trainer: pl.Trainer, cfg, metric_names, sweep_keys=(), status: str = "completed") -> None:
     """Write the HPARAMS table; its metric columns read the scalars the run already logged.
 
     The hparams a sweep varies (`sweep_keys`, mnist_lit.sweep.sweep_keys) are marked as differing:
     TensorBoard lists those first and shows them without a click (it shows five columns of a sweep's runs).
+    A run that ended early (`status` pruned or diverged, as in metrics.json) is a failed session there:
+    TensorBoard's status filter then leaves it out of a comparison of finished runs.
     """
+    from tensorboard.plugins.hparams.api_pb2 import Status
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
@@ -364,6 +367,11 @@ def log_hparams(trainer: pl.Trainer, cfg, metric_names, sweep_keys=()) -> None:
     for info in data.experiment.hparam_infos:
         info.differs = info.name in swept
     plugin_data.content = data.SerializeToString()
+    end = summaries[2].value[0].metadata.plugin_data
+    end_data = HParamsPluginData.FromString(end.content)
+    ended = Status.STATUS_SUCCESS if status == "completed" else Status.STATUS_FAILURE
+    end_data.session_end_info.status = ended
+    end.content = end_data.SerializeToString()
     for logger in tensorboards(trainer):
         # the logger's own writer is closed once fit and test end; a new one appends to the same run
         with SummaryWriter(logger.log_dir) as writer:

@@ -94,3 +94,119 @@ def report_user_errors(func: Callable[..., T]) -> Callable[..., T]:
             raise SystemExit(err.exit_code) from None
 
     return wrapper
+
+
+def explain_config_errors(entry: Callable[[], T]) -> Callable[[], T]:
+    """`entry` (a `@hydra.main` function) reporting a command line Hydra cannot compose in one paragraph.
+
+    Hydra prints an unknown key, an unknown option, a value of the wrong type or an override it cannot parse
+    in several lines that end in advice about HYDRA_FULL_ERROR, and for a misspelt key it suggests
+    `+key=...`, which the schema then refuses. The one read of Hydra's internals: its `hydra.main` calls
+    `hydra._internal.utils.run_and_report` around composing the config and running the job
+    (tests/test_errors.py fails if that changes).
+    """
+
+    @functools.wraps(entry)
+    def wrapper():
+        from hydra._internal import utils
+
+        report = utils.run_and_report
+        utils.run_and_report = lambda func: report(lambda: _explained(func))
+        try:
+            return entry()
+        finally:
+            utils.run_and_report = report
+
+    return wrapper
+
+
+def _explained(func: Callable[[], T]) -> T:
+    try:
+        return func()
+    except Exception as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _composing(err):
+            raise
+        print(f"error: {composition_message(err, sys.argv)}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _composing(err: Exception) -> bool:
+    """Whether `err` comes from composing the config: Hydra's composition errors, or any error raised in
+    Hydra's and OmegaConf's own code alone (`data=null`); never one from a job."""
+    import traceback
+
+    import hydra
+    import omegaconf
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    frames = traceback.extract_tb(err.__traceback__)
+    if any(frame.name == "run_job" for frame in frames):
+        return False
+    if isinstance(err, (ConfigCompositionException, OverrideParseException)):
+        return True
+    theirs = (str(Path(hydra.__file__).parent), str(Path(omegaconf.__file__).parent), __file__)
+    return all(frame.filename.startswith(theirs) for frame in frames)
+
+
+def composition_message(err: Exception, argv: list[str]) -> str:
+    """What is wrong with the command line `argv` that Hydra could not compose (`err`), and the fix."""
+    import difflib
+    import re
+    from dataclasses import is_dataclass
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    command = f"python -m mnist_lit.{Path(argv[0]).stem}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, OverrideParseException):
+        return (f"cannot read the override {err.override!r}: {lines[0] if lines else 'bad syntax'}. In the "
+                "shell, quote an override that has brackets, commas or spaces, e.g. "
+                "'model.net.hidden_sizes=[256,128]'; the syntax: "
+                "https://hydra.cc/docs/advanced/override_grammar/basic/")
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return (f"{group}={name}: {group} has no option {name!r}; choose one of: {', '.join(err.options)}. "
+                f"{command} --help lists every group and its options.")
+    cause = err.__cause__
+    full_key, parent = getattr(cause, "full_key", None), getattr(cause, "parent_node", None)
+    first = lines[0] if lines else type(err).__name__
+    if first.startswith("Could not override") and full_key and isinstance(parent, DictConfig):
+        where, _, key = str(full_key).rpartition(".")
+        keys = [str(k) for k in parent if str(k) != "hydra" and not str(k).startswith("_")]
+        override = next((a for a in argv[1:] if a.split("=", 1)[0] == full_key), f"{full_key}=...")
+        message = f"{override}: {where or 'the config'} has no key {key!r}"
+        close = difflib.get_close_matches(key, keys, n=1)
+        if close:
+            message += f" (did you mean {where + '.' if where else ''}{close[0]}?)"
+        message += f"; it has {', '.join(keys)}."
+        # an object whose schema does not list its arguments (the optimizer, the Trainer) takes new ones
+        if "_target_" in parent and not is_dataclass(OmegaConf.get_type(parent)):
+            message += f" To pass one it does not set yet, add it with +{override}."
+        return message + f" {command} --cfg job prints the whole config."
+    if first.startswith("Error merging override") and cause is not None:
+        override = first.removeprefix("Error merging override").strip()
+        reason = str(cause).splitlines()[0].rstrip(".")
+        message = f"{override}: {reason}."
+        key = str(full_key).rpartition(".")[2]
+        if isinstance(parent, DictConfig) and key in parent:
+            try:
+                value = parent[key]
+                if isinstance(value, ListConfig):
+                    value = OmegaConf.to_container(value)
+            except Exception:  # an interpolation that cannot be resolved here: show nothing
+                value = None
+            shown = "" if value is None or isinstance(value, DictConfig) else str(value).replace(" ", "")
+            if shown and len(shown) <= 40:
+                message += f" For comparison, the config's own value: {full_key}={shown}."
+        return message + f" {command} --cfg job prints the whole config."
+    chosen = re.match(r"Multiple values for (\S+)\.|(\S+) appears more than once in the final", first)
+    if chosen:  # `+group=option` for a group the config has chosen already
+        group = chosen.group(1) or chosen.group(2)
+        return (f"+{group}=...: {group} has an option already; choose another with {group}=<option>, "
+                f"without the +. {command} --help lists the options.")
+    details = [line for line in lines if not line.startswith(("full_key:", "reference_type", "object_type"))]
+    if cause is not None and str(cause):
+        details.append(str(cause).splitlines()[0])
+    return (f"the command line cannot be made into a config: {' '.join(details).rstrip('.')}. Check the "
+            f"overrides; {command} --help lists the groups and their options.")

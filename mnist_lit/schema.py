@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, is_dataclass
+from pathlib import Path
 from typing import Any, Dict, List  # noqa: UP035 (OmegaConf reads these annotations)
 
 from hydra.core.config_store import ConfigStore
@@ -111,8 +112,38 @@ def _positive_number(value: Any) -> bool:
     return number and math.isfinite(value) and value > 0
 
 
+# config groups below the top level: Hydra takes `model.net=cnn` for a value, not for model/net's option cnn
+GROUP_KEYS = ("model.net", "model.scheduler", "model.augment")
+
+
+def unset_keys(node, prefix: str = "") -> list[str]:
+    """Keys without a value: one the config leaves for the command line (model=distill's teacher), one
+    removed with `~key`, or one that points at a removed key (`~seed` leaves data.split_seed's `${seed}`)."""
+    from omegaconf import ListConfig
+    from omegaconf.errors import InterpolationKeyError
+
+    found = []
+    for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+        name = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{name} has no value: give it on the command line ({name}=...)")
+        elif OmegaConf.is_interpolation(node, key):
+            try:
+                node[key]
+            except InterpolationKeyError as err:
+                found.append(f"{name}: {str(err).splitlines()[0]}")
+            except OmegaConfBaseException:  # resolvers that need a running Hydra job: not a config mistake
+                pass
+        elif isinstance(node[key], (DictConfig, ListConfig)):
+            found += unset_keys(node[key], f"{name}.")
+    return found
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise a UserError naming the key, its value and what is allowed, for values the types let through."""
+    unset = unset_keys(cfg)
+    if unset:
+        raise UserError("invalid config: " + "; ".join(unset) + ".")
     schema = OmegaConf.structured(TrainConfig)
     # [cnn hook] options with a schema of their own: model=distill, model/net=cnn
     for key in ("model", "model.net"):
@@ -127,9 +158,14 @@ def validate(cfg: DictConfig) -> None:
             "python -m mnist_lit.train --cfg job."
         ) from None
     problems = []
-    # [cnn hook] a key the config leaves for the command line (model=distill's teacher)
-    missing = [f"model.{key}" for key in cfg.model if OmegaConf.is_missing(cfg.model, key)]
-    problems += [f"{key} has no value: give it on the command line ({key}=...)" for key in missing]
+    for key in GROUP_KEYS:  # `model.net=cnn` sets a key to a string where `model/net=cnn` chooses an option
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str):
+            group = key.replace(".", "/")
+            options = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / group).glob("*.yaml"))
+            problems.append(f"{key}={value!r}: {key} is chosen from the config group {group}, with "
+                            f"{group}={value if value in options else '<option>'} "
+                            f"(options: {', '.join(options)})")
     if not 0 <= cfg.seed < 2**32:
         problems.append(f"seed={cfg.seed}: must be between 0 and {2**32 - 1}")
     if cfg.get("threads") is not None and cfg.threads <= 0:

@@ -107,11 +107,11 @@ def _train(cfg: DictConfig, stop) -> dict:
     except TrialPruned as err:  # [optuna hook] status "pruned", exit 0: the sweeper tells Optuna
         metrics = final_metrics(trainer, model)
         record.write("pruned", time.perf_counter() - start, metrics, pruned=str(err))
-        log_hparams(trainer, cfg, metrics, sweep_keys())  # a search's pruned trials belong in the table too
+        log_hparams(trainer, cfg, metrics, sweep_keys(), "pruned")  # a search's pruned trials belong there
         raise RunStopped(f"{err} (metrics.json: status pruned)", "pruned", 0) from None
     except BaseException as err:
         if isinstance(err, Diverged):  # an ended run, as a pruned one (an interrupted one goes on later)
-            log_hparams(trainer, cfg, final_metrics(trainer, model), sweep_keys())
+            log_hparams(trainer, cfg, final_metrics(trainer, model), sweep_keys(), "diverged")
         end_early(err, stop, record, time.perf_counter() - start, cfg.model.optimizer.get("lr"),
                   resume_args())
         raise

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import SYNTHETIC_OVERRIDES, free_port, get_json, local_server, made_once, run_cli
 from test_runs import slurm  # noqa: F401 (the fixture: a running local SLURM, or a skip that says why)
-from test_sweeps import hparams_of, metrics
+from test_sweeps import hparams_of, metrics, session_status
 
 # short trials: these tests are about the search, not the training
 SHORT = [*SYNTHETIC_OVERRIDES, "callbacks=none", "threads=1", "hparams_search=optuna"]
@@ -111,6 +111,7 @@ def test_pruned_trials_are_recorded_as_pruned(synthetic_root, tmp_path):
         # in TensorBoard's HPARAMS table beside the completed trials, with the scores they reached
         _, tags, _, _ = hparams_of(tmp_path / str(i) / "tensorboard")
         assert tags[0] == "val/acc_best"
+        assert session_status(tmp_path / str(i) / "tensorboard") == "STATUS_FAILURE"
     assert [t.state for t in study_of(tmp_path).trials] == [optuna.trial.TrialState.PRUNED] * 2
     proc = run_cli("mnist_lit.summarize", str(tmp_path), "--csv")
     assert proc.returncode == 0, proc.stderr[-3000:]

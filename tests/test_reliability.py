@@ -12,7 +12,7 @@ import torch
 from conftest import SYNTHETIC_OVERRIDES
 from test_errors import cli
 from test_resume import popen_train
-from test_sweeps import hparams_of
+from test_sweeps import hparams_of, session_status
 
 from mnist_lit.errors import UserError
 from mnist_lit.reliability import AtomicCheckpointIO
@@ -36,6 +36,7 @@ def test_divergence_stops_with_status_and_keeps_the_best_checkpoint(synthetic_ro
     # in TensorBoard's HPARAMS table too, with the best score it reached
     _, tags, scalars, _ = hparams_of(tmp_path / "tensorboard")
     assert tags[0] == "val/acc_best" and scalars["val/acc_best"] == pytest.approx(1.0)  # synthetic digits
+    assert session_status(tmp_path / "tensorboard") == "STATUS_FAILURE"  # left out of "finished runs" there
 
 
 def test_huge_learning_rate_diverges_at_once(synthetic_root, tmp_path, capfd):

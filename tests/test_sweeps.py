@@ -42,6 +42,17 @@ def hparams_of(tb_dir):
     return values, metric_tags, scalars, differs
 
 
+def session_status(tb_dir) -> str:
+    """How a run's session ended, for TensorBoard's HPARAMS status filter: STATUS_SUCCESS, STATUS_FAILURE."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_end_info"]
+    return api_pb2.Status.Name(plugin_data_pb2.HParamsPluginData.FromString(content).session_end_info.status)
+
+
 def test_swept_config_keys_name_their_hparams():
     from mnist_lit.callbacks import swept_hparams
 
@@ -87,6 +98,7 @@ def test_grid_sweep_jobs_tensorboard_and_summary(synthetic_root, tmp_path):
         # what the sweep varies is marked so: TensorBoard lists it first and shows it (five columns at first)
         assert differs == {"optimizer/lr", "data/batch_size"}
         assert tags[:2] == ["val/acc_best", "test/acc"]  # its first metric columns: accuracy
+        assert session_status(job / "tensorboard") == "STATUS_SUCCESS"
         assert scalars["val/acc_best"] == pytest.approx(m["best_val_acc"])
         assert scalars["test/acc"] == pytest.approx(m["test_acc"])
         seen.add((values["optimizer/lr"], values["data/batch_size"]))
