@@ -96,12 +96,15 @@ def report_user_errors(func: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def explain_config_errors(entry: Callable[[], T]) -> Callable[[], T]:
-    """`entry` (a `@hydra.main` function) reporting a command line Hydra cannot compose in one paragraph.
+def explain_hydra_errors(entry: Callable[[], T], sweep_dir: Callable[[], Path | None] = lambda: None
+                         ) -> Callable[[], T]:
+    """`entry` (a `@hydra.main` function) reporting in one paragraph a command line Hydra cannot compose, and
+    a sweep whose joblib worker was killed (`sweep_dir()`: the sweep's folder, for the message).
 
     Hydra prints an unknown key, an unknown option, a value of the wrong type or an override it cannot parse
     in several lines that end in advice about HYDRA_FULL_ERROR, and for a misspelt key it suggests
-    `+key=...`, which the schema then refuses. The one read of Hydra's internals: its `hydra.main` calls
+    `+key=...`, which the schema then refuses; a killed worker, as a traceback. The one read of Hydra's
+    internals: its `hydra.main` calls
     `hydra._internal.utils.run_and_report` around composing the config and running the job
     (tests/test_errors.py fails if that changes).
     """
@@ -111,7 +114,7 @@ def explain_config_errors(entry: Callable[[], T]) -> Callable[[], T]:
         from hydra._internal import utils
 
         report = utils.run_and_report
-        utils.run_and_report = lambda func: report(lambda: _explained(func))
+        utils.run_and_report = lambda func: report(lambda: _explained(func, sweep_dir))
         try:
             return entry()
         finally:
@@ -120,14 +123,32 @@ def explain_config_errors(entry: Callable[[], T]) -> Callable[[], T]:
     return wrapper
 
 
-def _explained(func: Callable[[], T]) -> T:
+def _explained(func: Callable[[], T], sweep_dir: Callable[[], Path | None]) -> T:
     try:
         return func()
     except Exception as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not _composing(err):
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if type(err).__name__ == "TerminatedWorkerError":  # joblib's (not imported: a sweep may not use it)
+            print(f"error: {worker_lost_message(err, sweep_dir())}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if not _composing(err):
             raise
         print(f"error: {composition_message(err, sys.argv)}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def worker_lost_message(err: Exception, sweep: Path | None) -> str:
+    """A joblib worker that died (the kernel's out-of-memory killer, `kill -9`) ends the sweep: which sweep,
+    and how to run its unfinished jobs."""
+    codes = str(err).rpartition("exit codes of the workers are ")[2].split("\n")[0].strip(" .{}")
+    where = f" of the sweep {sweep}" if sweep else ""
+    then = (f" See what finished with: python -m mnist_lit.summarize {sweep}; run the rest with: python -m "
+            f"mnist_lit.train -m resume={sweep}." if sweep else "")
+    return (f"a worker process{where} was killed ({codes or 'by a signal'}; the kernel's out-of-memory "
+            "killer and kill -9 stop a process that way), and joblib then stopped the sweep. Its finished jobs are "
+            f"kept; the job that worker ran is not.{then} If memory ran out, use fewer workers at once "
+            "(hydra.launcher.n_jobs).")
 
 
 def _composing(err: Exception) -> bool:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.errors import UserError, explain_config_errors, report_user_errors, whole_number
+from mnist_lit.errors import UserError, explain_hydra_errors, report_user_errors, whole_number
 from mnist_lit.scoring import NUM_CLASSES, Evaluation, evaluate_net
 
 if TYPE_CHECKING:
@@ -144,4 +144,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    explain_config_errors(main)()
+    explain_hydra_errors(main)()

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mnist_lit.errors import UserError, explain_config_errors, report_user_errors, whole_number
+from mnist_lit.errors import UserError, explain_hydra_errors, report_user_errors, whole_number
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 TOLERANCE = 1e-5
@@ -171,4 +171,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    explain_config_errors(main)()
+    explain_hydra_errors(main)()

@@ -17,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from mnist_lit.errors import UserError, explain_config_errors, report_user_errors, whole_number
+from mnist_lit.errors import UserError, explain_hydra_errors, report_user_errors, whole_number
 
 OUTPUTS = ("text", "json")
 PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
@@ -202,4 +202,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    explain_config_errors(main)()
+    explain_hydra_errors(main)()

@@ -89,6 +89,11 @@ def hold(folder: Path) -> bool:
     return True
 
 
+def held_folder() -> Path | None:
+    """The first folder this process holds: its run's, or in a sweep's own process the sweep's."""
+    return next(iter(_HELD), None)
+
+
 _RECORDED: dict[Path, bytes | None] = {}  # a resumed run's .hydra files as they were (None: not there)
 
 

@@ -161,6 +161,16 @@ def test_failing_job_is_recorded_and_the_others_finish(synthetic_root, tmp_path)
     assert float(rows[1]["test/acc"]) == pytest.approx(done["test_acc"], abs=1e-4)
 
 
+@pytest.mark.slow
+def test_a_killed_joblib_worker_is_reported_in_one_paragraph(synthetic_root, tmp_path):
+    # the jobs kill their worker processes (os.abort, as the out-of-memory killer would with SIGKILL)
+    proc = sweep(synthetic_root, tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
+                 "+callbacks.x._target_=os.abort")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (f"error: a worker process of the sweep {tmp_path} was killed (SIGABRT(-6)" in proc.stderr
+            and f"python -m mnist_lit.train -m resume={tmp_path}" in proc.stderr), proc.stderr[-3000:]
+
+
 def fake_job(sweep_dir, num, overrides, result):
     job = sweep_dir / str(num)
     (job / ".hydra").mkdir(parents=True)
