@@ -147,7 +147,7 @@ def worker_lost_message(err: Exception, sweep: Path | None) -> str:
             f"mnist_lit.train -m resume={sweep}." if sweep else "")
     return (f"a worker process{where} was killed ({codes or 'by a signal'}; the kernel's out-of-memory "
             "killer and kill -9 stop a process that way), and joblib then stopped the sweep. Its finished "
-            f"jobs are kept; the job that worker ran is not.{then} If memory ran out, use fewer workers at once "
+            f"jobs are kept; the job that worker ran is not.{then} If memory ran out, run fewer at once "
             "(hydra.launcher.n_jobs).")
 
 
