@@ -136,6 +136,32 @@ def read_metrics(folder: Path) -> dict:
     return metrics if isinstance(metrics, dict) else {}
 
 
+@dataclass
+class SweepRecord:
+    """What a sweep recorded when it started (its multirun.yaml): the `hydra` node and its overrides."""
+
+    hydra: dict
+    hydra_overrides: list
+    task_overrides: list
+
+
+def read_sweep_record(sweep_dir: Path) -> SweepRecord | None:
+    """The sweep's multirun.yaml; None where there is none, a UserError where it cannot be read. Plain YAML:
+    OmegaConf would resolve interpolations while reading (a folder's files may come from anyone)."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None
+    try:
+        hydra = yaml.safe_load(path.read_text())["hydra"]
+        overrides = [hydra["overrides"][kind] for kind in ("hydra", "task")]
+        if not isinstance(hydra, dict) or not all(isinstance(o, list) for o in overrides):
+            raise TypeError("its hydra.overrides are not lists")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise UserError(f"{path} cannot be read ({err}): restore it from the original sweep, or start a new "
+                        "sweep.") from None
+    return SweepRecord(hydra, *overrides)
+
+
 def best_checkpoint(run_dir: Path) -> Path:
     """The run's best checkpoint: metrics.json's `best_checkpoint`, else the best `epoch*` file, else
     last.ckpt."""

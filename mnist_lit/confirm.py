@@ -58,7 +58,7 @@ def confirm(sweep_dir: Path, top_k: int, seeds: int, out: Path | None, extra: li
     trials = best_trials(study, top_k)
     if not trials:
         raise UserError(f"{sweep_dir}: the study has no completed trial to confirm yet.")
-    search = list(search_config(sweep_dir)["overrides"]["task"])
+    search = list(search_config(sweep_dir).task_overrides)
     out = out or sweep_dir.with_name(sweep_dir.name + "-confirm")
     for trial in trials:
         print(f"trial {trial.number} ({study.direction.name.lower()} {trial.value:.4f}): {trial.params}",

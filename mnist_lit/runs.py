@@ -27,12 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mnist_lit.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
-from mnist_lit.checkpoint import read_metrics
+from mnist_lit.checkpoint import read_metrics, read_sweep_record
 from mnist_lit.errors import RunStopped, UserError
 
 log = logging.getLogger(__name__)
@@ -343,16 +342,11 @@ def expand_sweep_resume(args: list[str]) -> list[str]:
     if not found:
         return args
     sweep_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
-    saved = sweep_dir / "multirun.yaml"
-    if not saved.is_file():
+    record = read_sweep_record(sweep_dir)
+    if record is None:
         raise UserError(f"resume={sweep_dir}: not a sweep folder (no multirun.yaml). Pass the folder of the "
                         "sweep to continue (logs/train/multiruns/<date_time>); for a single run, drop -m.")
-    try:  # plain YAML: OmegaConf would resolve interpolations while reading
-        sweep = yaml.safe_load(saved.read_text())
-        hydra_overrides, task_overrides = (list(sweep["hydra"]["overrides"][k]) for k in ("hydra", "task"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"resume={sweep_dir}: its multirun.yaml cannot be read ({err}). Restore it from the "
-                        "original sweep, or start a new sweep.") from None
+    hydra_overrides, task_overrides = record.hydra_overrides, record.task_overrides
     rest = [a for i, a in enumerate(args) if i not in found]
     changed = [a for a in rest
                if "=" in a and not _key(a).startswith("hydra") and a not in task_overrides]
@@ -364,6 +358,6 @@ def expand_sweep_resume(args: list[str]) -> list[str]:
     given = {_key(a) for a in ours + rest if "=" in a}
     kept = [o for o in hydra_overrides + task_overrides if _key(o) not in given]
     for override in kept:  # those given again on this command line are the user's own: not checked
-        check_recorded(override, str(saved))
+        check_recorded(override, str(sweep_dir / "multirun.yaml"))
     flags = [a for a in rest if a.startswith("-")]  # Hydra's parser wants its flags before the overrides
     return flags + kept + ours + [a for a in rest if not a.startswith("-")]

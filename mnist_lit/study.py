@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from mnist_lit.allowlist import check_override
+from mnist_lit.checkpoint import SweepRecord, read_sweep_record
 from mnist_lit.errors import UserError
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper"
@@ -27,20 +26,11 @@ def storage(url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
-def search_config(sweep_dir: Path) -> dict | None:
-    """The `hydra` node of the sweep's multirun.yaml (written when the sweep starts) if it ran mnist-lit's
-    Optuna sweeper. Plain YAML: OmegaConf would resolve interpolations while reading (a folder's files may
-    come from anyone, mnist_lit/allowlist.py)."""
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"{path} cannot be read ({err}): restore it, or start the search again.") from err
-    hydra = cfg.get("hydra") if isinstance(cfg, dict) else None
-    sweeper = hydra.get("sweeper") if isinstance(hydra, dict) else None
-    return hydra if isinstance(sweeper, dict) and sweeper.get("_target_") == SWEEPER_TARGET else None
+def search_config(sweep_dir: Path) -> SweepRecord | None:
+    """What the sweep in `sweep_dir` recorded (its multirun.yaml), if it ran mnist-lit's Optuna sweeper."""
+    record = read_sweep_record(sweep_dir)
+    sweeper = record.hydra.get("sweeper") if record is not None else None
+    return record if isinstance(sweeper, dict) and sweeper.get("_target_") == SWEEPER_TARGET else None
 
 
 def check_search_override(override: object, source: str) -> None:
@@ -64,8 +54,8 @@ def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
     """`-m resume=<sweep dir>` of an Optuna search -> its own overrides (Hydra's and the task's), its folder
     as hydra.sweep.dir, then `args` (which win): the sweeper then continues the study up to n_trials.
     None when the folder holds no Optuna search (a grid sweep is another resume's business)."""
-    hydra = search_config(sweep_dir)
-    if hydra is None:
+    search = search_config(sweep_dir)
+    if search is None:
         return None
 
     def key(arg: str) -> str:
@@ -73,7 +63,7 @@ def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
 
     # hydra.mode: Hydra's record of -m
     given = {key(a) for a in args if "=" in a} | {"hydra.sweep.dir", "hydra.mode", "resume"}
-    recorded = [*hydra["overrides"]["hydra"], *hydra["overrides"]["task"]]
+    recorded = [*search.hydra_overrides, *search.task_overrides]
     kept = [o for o in recorded if key(str(o)) not in given]
     for override in kept:
         check_search_override(override, str(sweep_dir / "multirun.yaml"))
@@ -87,13 +77,13 @@ def load_study(sweep_dir: Path):
     """The study a search in `sweep_dir` wrote (its storage and study name from multirun.yaml)."""
     import optuna
 
-    hydra = search_config(sweep_dir)
-    if hydra is None:
+    search = search_config(sweep_dir)
+    if search is None:
         raise UserError(f"{sweep_dir}: not the folder of an Optuna search (no multirun.yaml naming "
                         "mnist-lit's sweeper). Pass the hydra.sweep.dir of a search: python -m "
                         "mnist_lit.train -m hparams_search=optuna hydra.sweep.dir=<folder>.")
-    name = hydra["sweeper"].get("study_name")
-    url = hydra["sweeper"].get("storage") or f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}"
+    name = search.hydra["sweeper"].get("study_name")
+    url = search.hydra["sweeper"].get("storage") or f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}"
     try:
         return optuna.load_study(study_name=name, storage=storage(str(url)))
     except (KeyError, ValueError, optuna.exceptions.OptunaError) as err:

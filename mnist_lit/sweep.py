@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from hydra.errors import CompactHydraException
 
-from mnist_lit.errors import RunStopped, user_error_of
+from mnist_lit.errors import RunStopped, UserError, user_error_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,24 +56,27 @@ def sweep_keys() -> list[str]:
     """The config keys the Hydra multirun running this job varies: its command line's sweep overrides (from
     the sweep's multirun.yaml, written when it starts) and its sweeper's params (an Optuna search's space).
     None outside a multirun. Only the keys are read: nothing of the file is built."""
-    import yaml
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from hydra.types import RunMode
 
+    from mnist_lit.checkpoint import read_sweep_record
+
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return []
     hydra_cfg = HydraConfig.get()
     keys = [str(key) for key in (hydra_cfg.sweeper.get("params") or {})]
-    saved = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir, "multirun.yaml")  # sweep.dir may be relative
+    sweep_dir = Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)  # sweep.dir may be relative
     try:
-        task = yaml.safe_load(saved.read_text())["hydra"]["overrides"]["task"]
-        overrides = OverridesParser.create().parse_overrides(task)
+        record = read_sweep_record(sweep_dir)
+        if record is None:
+            raise UserError("it has no multirun.yaml")
+        overrides = OverridesParser.create().parse_overrides(record.task_overrides)
         keys += [o.key_or_group for o in overrides if o.is_sweep_override()]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, HydraException) as err:
+    except (UserError, HydraException) as err:
         log.warning("%s: the sweep's overrides cannot be read (%s); TensorBoard's HPARAMS table will not put "
-                    "the swept values first.", saved, err)
+                    "the swept values first.", sweep_dir, err)
     return keys
 
 

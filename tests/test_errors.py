@@ -160,6 +160,15 @@ def test_resume_of_a_folder_that_is_no_run(tmp_path, capfd):
     assert f"resume={tmp_path}" in output and "not a training run folder" in output
 
 
+@pytest.mark.parametrize("text", ["hydra: [unclosed", "hydra: {sweeper: {_target_: hydra_plugins.mnist_lit_optuna."
+                                  "optuna_sweeper.OptunaSweeper}, overrides: {task: 3}}"], ids=["yaml", "search"])
+def test_resume_of_a_sweep_whose_record_is_broken(text, tmp_path, capfd):
+    (tmp_path / "multirun.yaml").write_text(text)
+    code, output = cli(capfd, "-m", f"resume={tmp_path}")
+    assert code == 1 and "Traceback" not in output, output
+    assert f"{tmp_path / 'multirun.yaml'} cannot be read" in output and "start a new sweep" in output
+
+
 def test_full_error_shows_the_traceback(synthetic_root, tmp_path):
     """A mistake in real subprocesses: a plain message, and a traceback only with HYDRA_FULL_ERROR=1."""
     args = ("mnist_lit.train", f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}",
