@@ -358,7 +358,11 @@ def log_hparams(trainer: pl.Trainer, cfg, metric_names, sweep_keys=(), status: s
 
     values = result_hparams(cfg)
     rank = {name: i for i, name in enumerate(METRIC_ORDER)}
-    order = sorted(metric_names, key=lambda name: (rank.get(name, len(rank)), name))
+    # every run lists every column: TensorBoard takes a sweep's columns from one of its runs, which may be one
+    # that diverged before its first score (nothing to show then for any run)
+    tested = cfg.get("test", True)
+    names = set(metric_names) | {name for name in METRIC_ORDER if tested or not name.startswith("test/")}
+    order = sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
     summaries = hparams(values, dict.fromkeys(order, 0.0))  # the experiment, the session's start and end
     # the experiment's hparams say which differ between the sweep's runs (torch's helper has no argument)
     plugin_data = summaries[0].value[0].metadata.plugin_data

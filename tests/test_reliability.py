@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import time
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -40,12 +41,19 @@ def test_divergence_stops_with_status_and_keeps_the_best_checkpoint(synthetic_ro
 
 
 def test_huge_learning_rate_diverges_at_once(synthetic_root, tmp_path, capfd):
-    code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}",
-                       *SYNTHETIC_OVERRIDES,
-                       "trainer.max_epochs=2", "model.optimizer.lr=1e3")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}",
+                           *SYNTHETIC_OVERRIDES, "trainer.max_epochs=2", "model.optimizer.lr=1e3")
     assert code == 1 and "Traceback" not in output
     assert "training diverged" in output and "epoch 0" in output and "no checkpoint" in output
+    # no best score yet, and no warning about asking for one
+    assert not [w for w in caught if "MaxMetric was called before" in str(w.message)]
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+    # TensorBoard takes a sweep's columns from one of its runs: this one lists every column too
+    _, tags, scalars, _ = hparams_of(tmp_path / "tensorboard")
+    assert tags == ["val/acc_best", "test/acc", "val/acc", "train/acc", "val/loss", "test/loss", "train/loss"]
+    assert scalars == {}
 
 
 @pytest.mark.slow
