@@ -49,7 +49,11 @@ def holds_run(folder: Path) -> bool:
 
 
 def holds_sweep(folder: Path) -> bool:
-    return (folder / "multirun.yaml").is_file() or any(holds_run(job) for job in folder.glob("*/"))
+    """Whether `folder` holds a sweep that started a job: a job's folder (or submitit's of queued jobs) beside
+    its multirun.yaml, or a job's results. A multirun.yaml alone is a sweep refused at its first job's config
+    (a misspelt key): the corrected command may take the folder."""
+    started = (folder / "multirun.yaml").is_file() and any(child.is_dir() for child in folder.iterdir())
+    return started or any(holds_run(job) for job in folder.glob("*/"))
 
 
 def _claim(folder: str) -> str:

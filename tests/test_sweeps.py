@@ -162,6 +162,15 @@ def test_failing_job_is_recorded_and_the_others_finish(synthetic_root, tmp_path)
 
 
 @pytest.mark.slow
+def test_a_sweep_refused_for_a_misspelt_key_leaves_its_folder_to_the_corrected_one(synthetic_root, tmp_path):
+    proc = sweep(synthetic_root, tmp_path, "data.batchsize=32,64")
+    assert proc.returncode == 1 and "did you mean data.batch_size?" in proc.stderr
+    proc = sweep(synthetic_root, tmp_path, "data.batch_size=32,64")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [metrics(tmp_path / job)["status"] for job in ("0", "1")] == ["completed", "completed"]
+
+
+@pytest.mark.slow
 def test_a_killed_joblib_worker_is_reported_in_one_paragraph(synthetic_root, tmp_path):
     # the jobs kill their worker processes (os.abort, as the out-of-memory killer would with SIGKILL)
     proc = sweep(synthetic_root, tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2",
