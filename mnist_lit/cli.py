@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mnist_lit.checkpoint import read_recorded_overrides
 from mnist_lit.errors import UserError, explain_hydra_errors, report_user_errors
-from mnist_lit.runs import expand_sweep_resume, held_folder  # hook: issue #13
+from mnist_lit.runs import expand_sweep_resume, sweep_end_message  # hook: issue #13
 
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -61,6 +61,6 @@ def exit_without_teardown() -> None:
 def run(main: Callable[[], object], single_run_done: Callable[[], bool]) -> None:
     """`python -m mnist_lit.train ...`: expand resume=, run Hydra's main, and leave at once after a single run."""
     report_user_errors(lambda: sys.argv.__setitem__(slice(1, None), expand_resume(sys.argv[1:])))()
-    explain_hydra_errors(main, held_folder)()  # errors: SystemExit with their own code (usual teardown)
+    explain_hydra_errors(main, sweep_end_message)()  # errors: SystemExit with their own code (usual teardown)
     if single_run_done():
         exit_without_teardown()

@@ -96,15 +96,15 @@ def report_user_errors(func: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def explain_hydra_errors(entry: Callable[[], T], sweep_dir: Callable[[], Path | None] = lambda: None
+def explain_hydra_errors(entry: Callable[[], T], explain: Callable[[Exception], str | None] = lambda err: None
                          ) -> Callable[[], T]:
-    """`entry` (a `@hydra.main` function) reporting in one paragraph a command line Hydra cannot compose, and
-    a sweep whose joblib worker was killed (`sweep_dir()`: the sweep's folder, for the message).
+    """`entry` (a `@hydra.main` function) reporting in one paragraph what Hydra would print in several lines
+    or as a traceback: a command line it cannot compose, a sweeper's refusal, and what `explain` explains
+    (how a sweep ended: mnist_lit.runs.sweep_end_message).
 
     Hydra prints an unknown key, an unknown option, a value of the wrong type or an override it cannot parse
     in several lines that end in advice about HYDRA_FULL_ERROR, and for a misspelt key it suggests
-    `+key=...`, which the schema then refuses; a killed worker, as a traceback. The one read of Hydra's
-    internals: its `hydra.main` calls
+    `+key=...`, which the schema then refuses. The one read of Hydra's internals: its `hydra.main` calls
     `hydra._internal.utils.run_and_report` around composing the config and running the job
     (tests/test_errors.py fails if that changes).
     """
@@ -114,7 +114,7 @@ def explain_hydra_errors(entry: Callable[[], T], sweep_dir: Callable[[], Path | 
         from hydra._internal import utils
 
         report = utils.run_and_report
-        utils.run_and_report = lambda func: report(lambda: _explained(func, sweep_dir))
+        utils.run_and_report = lambda func: report(lambda: _explained(func, explain))
         try:
             return entry()
         finally:
@@ -123,37 +123,36 @@ def explain_hydra_errors(entry: Callable[[], T], sweep_dir: Callable[[], Path | 
     return wrapper
 
 
-def _explained(func: Callable[[], T], sweep_dir: Callable[[], Path | None]) -> T:
+def _explained(func: Callable[[], T], explain: Callable[[Exception], str | None]) -> T:
+    from hydra.errors import CompactHydraException
+
     try:
         return func()
     except Exception as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if type(err).__name__ == "TerminatedWorkerError":  # joblib's (not imported: a sweep may not use it)
-            print(f"error: {worker_lost_message(err, sweep_dir())}", file=sys.stderr)
-            raise SystemExit(1) from None
-        if not _composing(err):
+        message = explain(err)
+        if message is None and not _in_job(err):
+            if _composing(err):
+                message = composition_message(err, sys.argv)
+            elif isinstance(err, CompactHydraException):  # a sweeper's refusal: its message is the paragraph
+                message = str(err)
+        if message is None:
             raise
-        print(f"error: {composition_message(err, sys.argv)}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
-def worker_lost_message(err: Exception, sweep: Path | None) -> str:
-    """A joblib worker that died (the kernel's out-of-memory killer, `kill -9`) ends the sweep: which sweep,
-    and how to run its unfinished jobs."""
-    codes = str(err).rpartition("exit codes of the workers are ")[2].split("\n")[0].strip(" .{}")
-    where = f" of the sweep {sweep}" if sweep else ""
-    then = (f" See what finished with: python -m mnist_lit.summarize {sweep}; run the rest with: python -m "
-            f"mnist_lit.train -m resume={sweep}." if sweep else "")
-    return (f"a worker process{where} was killed ({codes or 'by a signal'}; the kernel's out-of-memory "
-            "killer and kill -9 stop a process that way), and joblib then stopped the sweep. Its finished "
-            f"jobs are kept; the job that worker ran is not.{then} If memory ran out, run fewer at once "
-            "(hydra.launcher.n_jobs).")
+def _in_job(err: Exception) -> bool:
+    """Whether `err` was raised in a job this process ran (Hydra's run_job is among its frames)."""
+    import traceback
+
+    return any(frame.name == "run_job" for frame in traceback.extract_tb(err.__traceback__))
 
 
 def _composing(err: Exception) -> bool:
-    """Whether `err` comes from composing the config: Hydra's composition errors, or any error raised in
-    Hydra's and OmegaConf's own code alone (`data=null`); never one from a job."""
+    """Whether `err` (from outside a job) comes from composing the config: Hydra's composition errors, or any
+    error raised in Hydra's and OmegaConf's own code alone (`data=null`)."""
     import traceback
 
     import hydra
@@ -161,8 +160,6 @@ def _composing(err: Exception) -> bool:
     from hydra.errors import ConfigCompositionException, OverrideParseException
 
     frames = traceback.extract_tb(err.__traceback__)
-    if any(frame.name == "run_job" for frame in frames):
-        return False
     if isinstance(err, (ConfigCompositionException, OverrideParseException)):
         return True
     theirs = (str(Path(hydra.__file__).parent), str(Path(omegaconf.__file__).parent), __file__)

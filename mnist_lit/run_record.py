@@ -61,7 +61,7 @@ def final_metrics(trainer: pl.Trainer, module: pl.LightningModule, prefixes=("tr
     (checkpointed) record, so a run resumed after its last epoch still has it."""
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith(prefixes)}
     if "val/" in prefixes:
-        with warnings.catch_warnings():  # none before the first validation (a run that diverged at once): -inf
+        with warnings.catch_warnings():  # none before the first validation (diverged at once): -inf
             warnings.filterwarnings("ignore", "The ``compute`` method of metric MaxMetric was called before")
             best = module.val_acc_best.compute().item()
         if math.isfinite(best):

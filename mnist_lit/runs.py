@@ -97,6 +97,32 @@ def held_folder() -> Path | None:
     return next(iter(_HELD), None)
 
 
+def sweep_end_message(err: Exception) -> str | None:
+    """How a sweep ended, where Hydra would print a traceback (a joblib worker killed) or the first failed
+    job's error alone: which jobs failed, and what to do. None for anything else."""
+    sweep = held_folder()
+    kind = type(err).__name__  # joblib's and mnist_lit.sweep's: neither is imported here
+    if sweep is None or kind not in ("TerminatedWorkerError", "JobFailed"):
+        return None
+    see = f"See them all with: python -m mnist_lit.summarize {sweep}"
+    if kind == "TerminatedWorkerError":
+        codes = str(err).rpartition("exit codes of the workers are ")[2].splitlines()[0].strip(" .{}")
+        return (f"a worker process of the sweep {sweep} was killed ({codes or 'by a signal'}; the "
+                "kernel's out-of-memory killer and kill -9 stop a process that way), and joblib then stopped "
+                "the sweep. Its finished jobs are kept; the job that worker ran is not. "
+                f"{see}; run the rest with: python -m mnist_lit.train -m resume={sweep}. If memory ran out, "
+                "run fewer at once (hydra.launcher.n_jobs).")
+    jobs = sorted((job for job in sweep.iterdir() if job.name.isdigit()), key=lambda job: int(job.name))
+    ended = [(job.name, read_metrics(job)) for job in jobs]
+    failed = [f"job {name} ({m['status']}: {str(m['error']).splitlines()[0][:200].rstrip('.')})"
+              for name, m in ended if m.get("status") in ("failed", "diverged") and m.get("error")]
+    if not failed:
+        return None
+    others = " The other jobs ran on." if len(failed) < len(jobs) else ""
+    return (f"{len(failed)} of the {len(jobs)} jobs of the sweep {sweep} ended early: {'; '.join(failed)}."
+            f"{others} {see}")
+
+
 _RECORDED: dict[Path, bytes | None] = {}  # a resumed run's .hydra files as they were (None: not there)
 
 

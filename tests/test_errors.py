@@ -160,8 +160,11 @@ def test_resume_of_a_folder_that_is_no_run(tmp_path, capfd):
     assert f"resume={tmp_path}" in output and "not a training run folder" in output
 
 
-@pytest.mark.parametrize("text", ["hydra: [unclosed", "hydra: {sweeper: {_target_: hydra_plugins.mnist_lit_optuna."
-                                  "optuna_sweeper.OptunaSweeper}, overrides: {task: 3}}"], ids=["yaml", "search"])
+SEARCH_RECORD = ("hydra: {sweeper: {_target_: hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper}, "
+                 "overrides: {task: 3}}")
+
+
+@pytest.mark.parametrize("text", ["hydra: [unclosed", SEARCH_RECORD], ids=["yaml", "search"])
 def test_resume_of_a_sweep_whose_record_is_broken(text, tmp_path, capfd):
     (tmp_path / "multirun.yaml").write_text(text)
     code, output = cli(capfd, "-m", f"resume={tmp_path}")

@@ -162,7 +162,8 @@ def test_two_trials_in_parallel_with_joblib(synthetic_root, tmp_path):
 def test_search_refuses_to_optimize_a_test_metric(synthetic_root, tmp_path):
     proc = search(synthetic_root, tmp_path, "optimized_metric=test/acc")
     assert proc.returncode == 1
-    assert "optimized_metric=test/acc" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
+    assert proc.stderr.startswith("error: optimized_metric=test/acc: the search must optimize a validation")
     assert not (tmp_path / "0").exists()
 
 

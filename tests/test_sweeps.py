@@ -143,11 +143,14 @@ def test_submitit_local_sweep(synthetic_root, tmp_path):
 
 @pytest.mark.slow
 def test_failing_job_is_recorded_and_the_others_finish(synthetic_root, tmp_path):
-    # job 0 fails on a bad value; job 1 still runs; the sweep reports the failure at the end
-    proc = sweep(synthetic_root, tmp_path, "data.batch_size=-1,32")
+    # jobs 0 and 2 fail on a bad value; job 1 still runs; the sweep names both failures at the end
+    proc = sweep(synthetic_root, tmp_path, "data.batch_size=-1,32,0")
     assert proc.returncode == 1
-    assert "job 0 failed" in proc.stderr and "data.batch_size=-1" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "job 0 failed" in proc.stdout  # logged when it failed
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
+    assert (f"error: 2 of the 3 jobs of the sweep {tmp_path} ended early: job 0 (failed: data.batch_size=-1 "
+            "and" in proc.stderr and "; job 2 (failed: data.batch_size=0 and" in proc.stderr
+            and f"python -m mnist_lit.summarize {tmp_path}" in proc.stderr), proc.stderr[-2000:]
     failed, done = metrics(tmp_path / "0"), metrics(tmp_path / "1")
     assert failed["status"] == "failed" and "data.batch_size=-1" in failed["error"]
     assert done["status"] == "completed" and 0.0 <= done["test_acc"] <= 1.0
@@ -156,7 +159,7 @@ def test_failing_job_is_recorded_and_the_others_finish(synthetic_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     assert [(r["job"], r["data.batch_size"], r["status"]) for r in rows] == [
-        ("0", "-1", "failed"), ("1", "32", "completed")]
+        ("0", "-1", "failed"), ("1", "32", "completed"), ("2", "0", "failed")]
     assert rows[0]["val/acc_best"] == "" and "positive" in rows[0]["error"]
     assert float(rows[1]["test/acc"]) == pytest.approx(done["test_acc"], abs=1e-4)
 
