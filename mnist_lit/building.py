@@ -18,7 +18,8 @@ def build(node: DictConfig, key: str, **kwargs):
         cause = user_error_of(err) or err.__cause__ or err
         if isinstance(cause, UserError):
             raise cause from None
-        raise UserError(f"{key}: cannot be built from the config: {cause}. Check its keys and values "
+        reason = str(cause).rstrip(". ")
+        raise UserError(f"{key}: cannot be built from the config: {reason}. Check its keys and values "
                         f"(python -m mnist_lit.train --cfg job shows them).") from err
 
 

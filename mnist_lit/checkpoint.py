@@ -127,6 +127,14 @@ def _val_acc(path: Path) -> float:
     return float(match.group(1)) if match else -1.0
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of a library's message (torch's go on with advice that does not apply here)."""
+    if not text.strip():
+        return ""
+    first = re.split(r"(?<=[^.])\.(?:\s|$)", text.strip(), maxsplit=1)[0].splitlines()[0]
+    return first if len(first) <= 240 else first[:240].rsplit(" ", 1)[0] + " ..."
+
+
 def read_metrics(folder: Path) -> dict:
     """The run's metrics.json; {} where there is none, or none that reads as a JSON object."""
     try:
@@ -223,13 +231,13 @@ def read_checkpoint(path: str | Path) -> dict:
         what = next((line.strip() for line in lines if "WeightsUnpickler error" in line), lines[0])
         raise UserError(
             f"checkpoint {path} holds Python objects other than tensors and plain values, which mnist-lit "
-            f"refuses to unpickle (it could run arbitrary code): {what[:200]}. Use a checkpoint written by "
-            "mnist_lit.train."
+            f"refuses to unpickle (it could run arbitrary code): {first_sentence(what)}. Use a checkpoint "
+            "written by mnist_lit.train."
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         raise UserError(
             f"checkpoint {path} cannot be read: it is truncated or corrupt, or not a PyTorch file "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Use another checkpoint, e.g. "
+            f"({type(err).__name__}: {first_sentence(str(err))}). Use another checkpoint, e.g. "
             "last.ckpt or the best epoch*.ckpt of the run."
         ) from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):

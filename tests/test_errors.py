@@ -235,6 +235,7 @@ def test_malicious_checkpoint_is_refused_and_not_run(synthetic_root, tmp_path, c
                        *SYNTHETIC_OVERRIDES, f"ckpt_path={tmp_path / 'evil.ckpt'}")
     assert code == 1 and "Traceback" not in output
     assert "evil.ckpt" in output and "refuses to unpickle" in output
+    assert "not an allowed global by default. Use a checkpoint" in output  # torch's reason, not its advice
     assert not pwned.exists()
     # the same file unpickled without protection would have run the code: the check above means something
     torch.load(tmp_path / "evil.ckpt", weights_only=False)
