@@ -166,11 +166,29 @@ def _composing(err: Exception) -> bool:
     return all(frame.filename.startswith(theirs) for frame in frames)
 
 
+def unknown_key(override: str, full_key: str, parent, command: str = "python -m mnist_lit.train") -> str:
+    """`override` names `full_key`, which `parent` (its DictConfig) does not have: the likely key, the keys
+    there, and `+key=` where an object takes arguments its config does not list (the optimizer, the Trainer)."""
+    import difflib
+    from dataclasses import is_dataclass
+
+    from omegaconf import OmegaConf
+
+    where, _, key = full_key.rpartition(".")
+    keys = [str(k) for k in parent if str(k) != "hydra" and not str(k).startswith("_")]
+    message = f"{override}: {where or 'the config'} has no key {key!r}"
+    close = difflib.get_close_matches(key, keys, n=1)
+    if close:
+        message += f" (did you mean {where + '.' if where else ''}{close[0]}?)"
+    message += f"; it has {', '.join(keys)}."
+    if "_target_" in parent and not is_dataclass(OmegaConf.get_type(parent)) and not override.startswith("+"):
+        message += f" To pass one it does not set yet, add it with +{override}."
+    return message + f" {command} --cfg job prints the whole config."
+
+
 def composition_message(err: Exception, argv: list[str]) -> str:
     """What is wrong with the command line `argv` that Hydra could not compose (`err`), and the fix."""
-    import difflib
     import re
-    from dataclasses import is_dataclass
 
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -190,18 +208,8 @@ def composition_message(err: Exception, argv: list[str]) -> str:
     full_key, parent = getattr(cause, "full_key", None), getattr(cause, "parent_node", None)
     first = lines[0] if lines else type(err).__name__
     if first.startswith("Could not override") and full_key and isinstance(parent, DictConfig):
-        where, _, key = str(full_key).rpartition(".")
-        keys = [str(k) for k in parent if str(k) != "hydra" and not str(k).startswith("_")]
         override = next((a for a in argv[1:] if a.split("=", 1)[0] == full_key), f"{full_key}=...")
-        message = f"{override}: {where or 'the config'} has no key {key!r}"
-        close = difflib.get_close_matches(key, keys, n=1)
-        if close:
-            message += f" (did you mean {where + '.' if where else ''}{close[0]}?)"
-        message += f"; it has {', '.join(keys)}."
-        # an object whose schema does not list its arguments (the optimizer, the Trainer) takes new ones
-        if "_target_" in parent and not is_dataclass(OmegaConf.get_type(parent)):
-            message += f" To pass one it does not set yet, add it with +{override}."
-        return message + f" {command} --cfg job prints the whole config."
+        return unknown_key(override, str(full_key), parent, command)
     if first.startswith("Error merging override") and cause is not None:
         override = first.removeprefix("Error merging override").strip()
         reason = str(cause).splitlines()[0].rstrip(".")

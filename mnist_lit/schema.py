@@ -18,9 +18,9 @@ from typing import Any, Dict, List  # noqa: UP035 (OmegaConf reads these annotat
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, unknown_key
 
 
 @dataclass
@@ -153,6 +153,9 @@ def validate(cfg: DictConfig) -> None:
     try:  # keys added with `+` bypass Hydra's check; a merge into the schema (as plain dicts) finds them
         OmegaConf.merge(schema, OmegaConf.to_container(cfg))
     except OmegaConfBaseException as err:
+        if isinstance(err, ConfigKeyError) and isinstance(err.parent_node, DictConfig):
+            added = unknown_key(f"+{err.full_key}", str(err.full_key), err.parent_node)
+            raise UserError(f"invalid config: {added}") from None
         raise UserError(
             f"invalid config: {err.full_key}: {str(err).splitlines()[0]}. See every key and its value with "
             "python -m mnist_lit.train --cfg job."

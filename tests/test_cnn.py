@@ -57,7 +57,8 @@ def test_net_options_have_their_own_keys():
         compose("train", "model/net=cnn", "model.net.hidden_sizes=[64]")
     with pytest.raises(Exception, match=re.escape("Error merging override model.net.channels=[a]")):
         compose("train", "model/net=cnn", "model.net.channels=[a]")
-    with pytest.raises(UserError, match="model.net.kernel: Key 'kernel' not in 'CNNConfig'"):
+    kernel = r"\+model.net.kernel: model.net has no key 'kernel' \(did you mean model.net.kernel_size\?\)"
+    with pytest.raises(UserError, match=kernel):
         validate(compose("train", "model/net=cnn", "+model.net.kernel=3"))
 
 
