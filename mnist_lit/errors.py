@@ -168,7 +168,7 @@ def _composing(err: Exception) -> bool:
 
 def unknown_key(override: str, full_key: str, parent, command: str = "python -m mnist_lit.train") -> str:
     """`override` names `full_key`, which `parent` (its DictConfig) does not have: the likely key, the keys
-    there, and `+key=` where an object takes arguments its config does not list (the optimizer, the Trainer)."""
+    there, and `+key=` where an object takes arguments its config does not list (the optimizer's)."""
     import difflib
     from dataclasses import is_dataclass
 
