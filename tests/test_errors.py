@@ -159,6 +159,9 @@ def test_resume_of_a_folder_that_is_no_run(tmp_path, capfd):
     code, output = cli(capfd, f"resume={tmp_path}")
     assert code == 1 and "Traceback" not in output
     assert f"resume={tmp_path}" in output and "not a training run folder" in output
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")  # a sweep's: continued with -m
+    code, output = cli(capfd, f"resume={tmp_path}")
+    assert code == 1 and "is a sweep's folder: continue the sweep with python -m mnist_lit.train -m" in output
 
 
 SEARCH_RECORD = ("hydra: {sweeper: {_target_: hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper}, "
