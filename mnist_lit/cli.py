@@ -29,7 +29,7 @@ def expand_resume(args: list[str]) -> list[str]:
         return expand_sweep_resume(args)  # #13: a grid sweep's folder: rerun its unfinished jobs
     if (run_dir / "multirun.yaml").is_file():
         raise UserError(f"resume={run_dir} is a sweep's folder: continue the sweep with python -m "
-                        f"mnist_lit.train -m resume={run_dir} (or one of its jobs' folders alone, without -m).")
+                        f"mnist_lit.train -m resume={run_dir} (or a job of it alone, without -m).")
     last = run_dir / "checkpoints" / "last.ckpt"
 
     def key(arg: str) -> str:
