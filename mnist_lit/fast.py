@@ -116,8 +116,11 @@ def unsupported_schedule(config) -> str | None:
 
 
 def _fall_back(reason: str) -> None:
-    log.info("fast=true: %s is not something grouped steps do exactly as Lightning does; training takes "
-             "Lightning's standard path (same results, slower).", reason)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # once, not once per DDP process
+        log.info("fast=true: %s is not something grouped steps do exactly as Lightning does; training takes "
+                 "Lightning's standard path (the numbers grouped steps would give, more slowly).", reason)
 
 
 class GroupedSteps(pl.Callback):
