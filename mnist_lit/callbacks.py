@@ -32,6 +32,8 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning").handlers.clear()  # its own handler would print everything twice
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    # a resumed run's own checkpoints (a folder holding another run's is refused before: mnist_lit/runs.py)
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # under DDP: the module's epoch scores are torchmetrics' compute(), already reduced over the processes
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
