@@ -291,6 +291,9 @@ def continue_attempts(task: Callable[[DictConfig], T]) -> Callable[[DictConfig],
             if not cfg.get("resume"):
                 return task(cfg)
             log.info("resume=%s: continuing the run in its own folder from %s", cfg.resume, cfg.ckpt_path)
+            if read_metrics(Path(str(cfg.resume))).get("status") == "completed":
+                log.info("resume=%s: the run had completed; it trains only up to a new trainer.max_epochs "
+                         "given here, and is tested again", cfg.resume)
             try:
                 return task(cfg)
             except UserError:

@@ -130,6 +130,7 @@ def test_a_folder_holding_another_run_is_refused(synthetic_root, tmp_path):
     proc = run_cli("mnist_lit.train", f"resume={run}", "seed=7", timeout=120)
     said = f"resume={run}: continuing the run in its own folder from {run}/checkpoints/last.ckpt"
     assert said in proc.stdout
+    assert "the run had completed; it trains only up to a new trainer.max_epochs" in proc.stdout
     assert proc.returncode == 1 and "last.ckpt" in proc.stderr and "Traceback" not in proc.stderr
     assert (run / "metrics.json").read_text() == '{"status": "completed"}\n'
     # refused, it leaves the run's recorded config as it was (Hydra had written the command's over it)
