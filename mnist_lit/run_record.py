@@ -84,8 +84,16 @@ class RunRecord:
 
     @property
     def best_checkpoint(self) -> str | None:
+        """The best checkpoint's path: in this run's own folder where the run was moved or copied since it
+        was saved (a checkpoint records the absolute path), else the recorded one while it exists."""
         callback = self.trainer.checkpoint_callback
-        return (callback.best_model_path or None) if callback is not None else None
+        if callback is None or not callback.best_model_path:
+            return None
+        recorded = Path(callback.best_model_path)
+        own = Path(callback.dirpath or "") / recorded.name
+        if callback.dirpath and own.is_file():
+            return str(own)
+        return str(recorded) if recorded.is_file() else None
 
     def write(self, status: str, fit_seconds: float, metrics: dict, **extra) -> dict:
         trainer = self.trainer

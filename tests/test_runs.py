@@ -361,3 +361,21 @@ def test_slurm_jobs_requeued_or_timed_out_mid_epoch_continue_where_they_stopped(
 
     summary = run_cli("mnist_lit.summarize", str(sweep_dir), timeout=120)
     assert summary.returncode == 0 and "3 completed" in summary.stderr, summary.stderr[-3000:]
+
+
+def test_a_copied_run_resumes_from_its_own_checkpoints(synthetic_root, tmp_path):
+    """A checkpoint records its best checkpoint's absolute path: a run copied (and its original moved away)
+    tests the best checkpoint in its own folder, and keeps its completed record."""
+    run = tmp_path / "run"
+    proc = run_cli("mnist_lit.train", f"data.root={synthetic_root}", *SYNTHETIC_OVERRIDES,
+                   "trainer.max_epochs=1", f"hydra.run.dir={run}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = json.loads((run / "metrics.json").read_text())
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    run.rename(tmp_path / "moved")
+    proc = run_cli("mnist_lit.train", f"resume={copy}", timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    after = json.loads((copy / "metrics.json").read_text())
+    assert after["status"] == "completed" and after["test_acc"] == before["test_acc"]
+    assert after["best_checkpoint"] == str(copy / "checkpoints" / Path(before["best_checkpoint"]).name)
