@@ -355,6 +355,11 @@ def load_run(run_dir: str | Path | None = None, ckpt_path: str | Path | None = N
     net = build_net(cfg, source=str(folder / CONFIG_FILE))
     state = ckpt_state if run_dir is None else read_checkpoint(ckpt)
     load_state_into(net, state["state_dict"], prefix="net.", source=f"checkpoint {ckpt}")
+    broken = [name for name, value in net.state_dict().items() if not value.isfinite().all()]
+    if broken:  # a diverged training's weights: every prediction would be NaN
+        raise UserError(f"checkpoint {ckpt} holds weights that are not finite numbers (NaN or inf, in "
+                        f"{', '.join(broken[:4])}): it was saved by a training that diverged. Use another "
+                        "checkpoint, e.g. the run's best one (leave ckpt_path out).")
     return Run(cfg=cfg, net=net.eval(), checkpoint=ckpt, run_dir=folder)
 
 

@@ -128,16 +128,24 @@ def export(cfg: DictConfig) -> dict:
 
     model = ProbabilityModel(run.net, run.normalize).eval()
     path = Path(cfg.get("output") or run.run_dir / FORMATS[fmt])
+    if path.is_dir():
+        raise UserError(f"output={path} is a folder; give the file to write, e.g. "
+                        f"output={path / FORMATS[fmt]}.")
     writable(path.parent, "output")
     meta = metadata(run, fmt)
-    if fmt == "onnx":
-        export_onnx(model, path, meta)
-    else:
-        export_torchscript(model, path, meta)
-
-    with torch.inference_mode():
-        expected = model(pixels)
-    got = run_exported(path, fmt, pixels)
+    # written beside its place and moved there once checked: a failed export leaves an earlier file intact
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        if fmt == "onnx":
+            export_onnx(model, partial, meta)
+        else:
+            export_torchscript(model, partial, meta)
+        with torch.inference_mode():
+            expected = model(pixels)
+        got = run_exported(partial, fmt, pixels)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     diff = (got - expected).abs().max().item()
     same = int((got.argmax(1) == expected.argmax(1)).sum())
     check = {
@@ -149,7 +157,13 @@ def export(cfg: DictConfig) -> dict:
         "same_prediction": same,
         "ok": diff < TOLERANCE,
     }
-    print(f"exported {path} ({fmt}, {path.stat().st_size / 1e6:.2f} MB) from {run.checkpoint}")
+    size = partial.stat().st_size / 1e6
+    if check["ok"]:
+        partial.replace(path)
+    else:
+        partial.unlink(missing_ok=True)
+    done = "exported" if check["ok"] else "not written:"
+    print(f"{done} {path} ({fmt}, {size:.2f} MB) from {run.checkpoint}")
     print("  input  pixels: float32 [N, 28, 28] in [0, 1], light digit on black (as MNIST)")
     print("  output probabilities: float32 [N, 10]")
     print(
@@ -158,8 +172,8 @@ def export(cfg: DictConfig) -> dict:
     )
     if not check["ok"]:
         raise UserError(
-            f"the exported model {path} differs from the PyTorch model by up to {diff:.2e} in probability "
-            f"(tolerance {TOLERANCE:g}); do not use it. Report this with the run's config."
+            f"the exported model differs from the PyTorch model by up to {diff:.2e} in probability "
+            f"(tolerance {TOLERANCE:g}), so {path} was not written. Report this with the run's config."
         )
     return check
 

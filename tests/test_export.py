@@ -66,3 +66,34 @@ def test_unknown_format(synthetic_run):
 
     with pytest.raises(UserError, match="format=tflite is not known; choose one of onnx, torchscript"):
         export(compose("export", f"run_dir={synthetic_run}", "format=tflite"))
+
+
+def test_a_failed_export_leaves_the_earlier_file(synthetic_run, tmp_path, monkeypatch):
+    from mnist_lit import export as export_module
+
+    earlier = tmp_path / "model.pt"
+    earlier.write_bytes(b"a good model of yesterday")
+    cfg = compose("export", f"run_dir={synthetic_run}", "format=torchscript", f"output={earlier}")
+    # the exported file answers otherwise than PyTorch: refused, and the earlier file is left as it was
+    monkeypatch.setattr(export_module, "run_exported", lambda path, fmt, pixels: torch.zeros(len(pixels), 10))
+    with pytest.raises(UserError, match=f"so {earlier} was not written"):
+        export_module.export(cfg)
+    assert earlier.read_bytes() == b"a good model of yesterday"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no partial file left either
+    with pytest.raises(UserError, match=f"output={tmp_path} is a folder; give the file to write"):
+        export_module.export(compose("export", f"run_dir={synthetic_run}", f"output={tmp_path}"))
+
+
+def test_a_checkpoint_of_diverged_weights_is_refused(synthetic_run, tmp_path):
+    from mnist_lit.checkpoint import load_run
+
+    ckpt = torch.load(synthetic_run / "checkpoints" / "last.ckpt", weights_only=True)
+    first = next(k for k in ckpt["state_dict"] if k.startswith("net."))
+    ckpt["state_dict"][first] = torch.full_like(ckpt["state_dict"][first], float("nan"))
+    broken = synthetic_run / "checkpoints" / "nan.ckpt"
+    torch.save(ckpt, broken)
+    try:
+        with pytest.raises(UserError, match=f"checkpoint {broken} holds weights that are not finite numbers"):
+            load_run(ckpt_path=broken)
+    finally:
+        broken.unlink()
