@@ -46,6 +46,10 @@ class CheckRunDir(Callback):
 
     @staticmethod
     def _check(folder: str, key: str) -> None:
+        if not str(folder).strip():  # Hydra would write into the current folder
+            print(f"error: {key} is empty: give the run a folder of its own, or leave {key} out (a fresh "
+                  "timestamped folder).", file=sys.stderr)
+            raise SystemExit(1)
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):

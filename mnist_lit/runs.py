@@ -44,8 +44,15 @@ KEPT_ACROSS_ATTEMPTS = {".hydra", "train.log", "previous_attempts"}
 # ---------------------------------------------------------------------------------------- run folders
 
 def holds_run(folder: Path) -> bool:
-    """Whether `folder` holds a training run's results: its metrics.json or checkpoints."""
-    return (folder / "metrics.json").is_file() or any((folder / "checkpoints").glob("*.ckpt"))
+    """Whether `folder` holds a training run's results: checkpoints, or a metrics.json. Not one of a run
+    interrupted before its first checkpoint: it has nothing to keep, and its message says to run the command
+    again."""
+    if any((folder / "checkpoints").glob("*.ckpt")):
+        return True
+    if not (folder / "metrics.json").is_file():
+        return False
+    metrics = read_metrics(folder)
+    return not (metrics.get("status") == "interrupted" and not metrics.get("resume_checkpoint"))
 
 
 def holds_sweep(folder: Path) -> bool:
@@ -101,7 +108,11 @@ def sweep_end_message(err: Exception) -> str | None:
     """How a sweep ended, where Hydra would print a traceback (a joblib worker killed) or the first failed
     job's error alone: which jobs failed, and what to do. None for anything else."""
     sweep = held_folder()
-    kind = type(err).__name__  # joblib's and mnist_lit.sweep's: neither is imported here
+    kind = type(err).__name__  # joblib's, submitit's and mnist_lit.sweep's: none is imported here
+    if kind == "FailedJobError":  # submitit's: sbatch refused the jobs
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "no reason given"
+        return (f"the cluster did not take the sweep's jobs ({reason}). Check that SLURM answers here "
+                "(sinfo), or run the sweep on this machine: hydra/launcher=joblib.")
     if sweep is None or kind not in ("TerminatedWorkerError", "JobFailed"):
         return None
     see = f"See them all with: python -m mnist_lit.summarize {sweep}"
@@ -169,6 +180,8 @@ class ClaimRunDir(Callback):
     def _settle(config: DictConfig, kind: str) -> None:
         node = config.hydra[kind]
         folder = str(node.dir)
+        if not folder.strip():
+            return  # the current folder: CheckRunDir refuses it
         if "${now:" in str(node._get_node("dir")._value()):  # named from the clock: claim a fresh one
             try:
                 claimed = _claim(folder)

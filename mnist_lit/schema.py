@@ -179,6 +179,10 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"steps_per_execution={cfg.steps_per_execution}: must be a positive integer (1: no grouping)")
     if not 0.0 <= cfg.model.label_smoothing <= 1.0:
         problems.append(f"model.label_smoothing={cfg.model.label_smoothing}: must be in [0, 1]")
+    if "max_epochs" in cfg.trainer and cfg.trainer.max_epochs is None:  # Lightning would train 1000 epochs
+        problems.append("trainer.max_epochs=null: give a number of epochs (or -1: no limit)")
+    if not str(cfg.data.get("root", "x")).strip():  # the current folder, where a download would land
+        problems.append("data.root is empty: give the folder that holds MNIST/raw (or leave it out)")
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and (not isinstance(max_epochs, int) or isinstance(max_epochs, bool)
                                    or not (max_epochs > 0 or max_epochs == -1)):

@@ -2,6 +2,7 @@
 no traceback. The CLI runs in this process (its exit and output are the real ones) to keep the table fast;
 a few cases also run as real subprocesses."""
 
+import os
 import runpy
 import shutil
 import sys
@@ -47,6 +48,9 @@ CONFIG_CASES = [
     ("threads-zero", ["threads=0"], ["threads=0", "positive"]),
     ("label-smoothing", ["model.label_smoothing=2"], ["model.label_smoothing=2.0", "[0, 1]"]),
     ("accelerator", ["trainer.accelerator=tpux"], ["trainer", "tpux", "cpu", "cuda"]),
+    ("max-epochs-null", ["trainer.max_epochs=null"], ["trainer.max_epochs=null", "(or -1: no limit)"]),
+    ("data-root-empty", ["data.root="], ["data.root is empty"]),
+    ("run-dir-empty", ["hydra.run.dir="], ["hydra.run.dir is empty"]),
     ("group-option", ["data=fashion"], ["data=fashion: data has no option 'fashion'", "one of: mnist"]),
     ("launcher-option", ["hydra/launcher=nope"], ["hydra/launcher has no option 'nope'", "joblib"]),
     ("group-with-a-dot", ["model.net=cnn"], ["model.net='cnn'", "model/net=cnn", "options: cnn, mlp"]),
@@ -93,6 +97,7 @@ def test_config_mistake(overrides, expected, synthetic_root, tmp_path, capfd):
     for text in expected:
         assert text in output, f"{text!r} not in:\n{output}"
     assert not (tmp_path / "checkpoints").exists()  # refused before any work
+    assert not os.path.exists(".lock")  # nothing in the current folder either (hydra.run.dir=)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -363,6 +363,14 @@ def test_slurm_jobs_requeued_or_timed_out_mid_epoch_continue_where_they_stopped(
     assert summary.returncode == 0 and "3 completed" in summary.stderr, summary.stderr[-3000:]
 
 
+def test_a_run_interrupted_before_its_first_checkpoint_starts_again_in_its_folder(synthetic_root, tmp_path):
+    (tmp_path / "metrics.json").write_text('{"status": "interrupted", "resume_checkpoint": null}\n')
+    proc = run_cli("mnist_lit.train", f"data.root={synthetic_root}", *SYNTHETIC_OVERRIDES,
+                   "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "completed"
+
+
 def test_a_copied_run_resumes_from_its_own_checkpoints(synthetic_root, tmp_path):
     """A checkpoint records its best checkpoint's absolute path: a run copied (and its original moved away)
     tests the best checkpoint in its own folder, and keeps its completed record."""
@@ -379,3 +387,16 @@ def test_a_copied_run_resumes_from_its_own_checkpoints(synthetic_root, tmp_path)
     after = json.loads((copy / "metrics.json").read_text())
     assert after["status"] == "completed" and after["test_acc"] == before["test_acc"]
     assert after["best_checkpoint"] == str(copy / "checkpoints" / Path(before["best_checkpoint"]).name)
+
+
+def test_a_cluster_that_refuses_the_jobs_is_named_in_one_paragraph():
+    from submitit.core.utils import FailedJobError
+
+    from mnist_lit.runs import sweep_end_message
+
+    refused = FailedJobError("sbatch: error: Batch job submission failed: Unable to contact slurm controller")
+    assert sweep_end_message(refused) == (
+        "the cluster did not take the sweep's jobs (sbatch: error: Batch job submission failed: Unable to "
+        "contact slurm controller). Check that SLURM answers here (sinfo), or run the sweep on this machine: "
+        "hydra/launcher=joblib.")
+    assert sweep_end_message(ValueError("anything else")) is None
