@@ -90,6 +90,12 @@ def report_user_errors(func: Callable[..., T]) -> Callable[..., T]:
                 raise
             print("stopped: interrupted (Ctrl-C).", file=sys.stderr)
             raise SystemExit(130) from None
+        except PermissionError as exc:  # a file or folder of the command's that this user may not open
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {exc.filename or 'a file'}: permission denied ({exc.strerror or exc}). Give this "
+                  "user access to it, or use another path.", file=sys.stderr)
+            raise SystemExit(1) from None
         except Exception as exc:
             err = user_error_of(exc)
             if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -9,6 +9,7 @@ and the exit status is 1 when any failed.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,10 @@ def expand_images(paths: list) -> list[Path]:
     for item in paths:
         path = Path(str(item)).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            try:
+                found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions)
+            except OSError:  # unreadable: reported with the other inputs, which are still predicted
+                found = []
             if not found:
                 # reported like an unusable file, so the other inputs are still predicted
                 files.append(path)
@@ -133,9 +137,10 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     results: list[Prediction] = []
     for path in expand_images(images):
         if path.is_dir():
-            results.append(
-                Prediction(input=str(path), error="a folder without image files (PNG, JPEG, ...).")
-            )
+            readable = os.access(path, os.R_OK | os.X_OK)
+            error = "a folder without image files (PNG, JPEG, ...)." if readable else (
+                "a folder this user cannot read (permission denied).")
+            results.append(Prediction(input=str(path), error=error))
             continue
         try:
             results.append(Prediction(input=str(path), pixels=load_digit(path)))

@@ -301,3 +301,26 @@ def test_predict_config_mistakes(synthetic_run):
         predict(compose("predict", f"run_dir={synthetic_run}", "index=1", "output=xml"))
     with pytest.raises(UserError, match="is not a test-set index"):
         predict(compose("predict", f"run_dir={synthetic_run}", "index=two"))
+
+
+def test_what_this_user_may_not_read_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from mnist_lit.errors import report_user_errors
+    from mnist_lit.predict import expand_images
+
+    def load(path):  # as a checkpoint of another user's, mode 600, opened by torch.load
+        raise PermissionError(13, "Permission denied", path)
+
+    with pytest.raises(SystemExit) as exit_info:
+        report_user_errors(load)(str(tmp_path / "last.ckpt"))
+    assert exit_info.value.code == 1
+    said = f"error: {tmp_path / 'last.ckpt'}: permission denied (Permission denied). Give this user access"
+    assert capsys.readouterr().err == said + " to it, or use another path.\n"
+    # a folder of images that cannot be listed is one failed input; the others are still predicted
+    locked, good = tmp_path / "locked", tmp_path / "good.png"
+    locked.mkdir()
+    good.write_bytes(b"")
+    listing = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: load(self) if self == locked else listing(self))
+    assert expand_images([locked, good]) == [locked, good]
