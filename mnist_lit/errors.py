@@ -176,6 +176,25 @@ def _composing(err: Exception) -> bool:
     return all(frame.filename.startswith(theirs) for frame in frames)
 
 
+def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
+    """A UserError for a key of `cfg` that conf/<config_name>.yaml does not have: evaluate, predict and export
+    read only their own keys, so one added with `+` (a misspelt one) would be ignored without a word."""
+    from omegaconf import OmegaConf
+
+    def walk(node: DictConfig, known: DictConfig, prefix: str) -> None:
+        for key in node:
+            name = f"{prefix}{key}"
+            if key not in known:
+                raise UserError(unknown_key(f"+{name}", name, known, f"python -m mnist_lit.{config_name}"))
+            if isinstance(node[key], DictConfig) and isinstance(known[key], DictConfig):
+                walk(node[key], known[key], f"{name}.")
+
+    own = OmegaConf.load(Path(__file__).parents[1] / "conf" / f"{config_name}.yaml")
+    for composing in ("defaults", "hydra"):  # Hydra's, not the command's
+        own.pop(composing, None)
+    walk(cfg, own, "")
+
+
 def unknown_key(override: str, full_key: str, parent, command: str = "python -m mnist_lit.train") -> str:
     """`override` names `full_key`, which `parent` (its DictConfig) does not have: the likely key, the keys
     there, and `+key=` where an object takes arguments its config does not list (the optimizer's)."""

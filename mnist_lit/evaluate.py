@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.errors import UserError, explain_hydra_errors, report_user_errors, whole_number
+from mnist_lit.errors import (
+    UserError,
+    explain_hydra_errors,
+    refuse_added_keys,
+    report_user_errors,
+    whole_number,
+)
 from mnist_lit.scoring import NUM_CLASSES, Evaluation, evaluate_net
 
 if TYPE_CHECKING:
@@ -68,6 +74,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the run's checkpoint on the test set, print the scores, write the figures and eval.json."""
     from mnist_lit.checkpoint import load_run
 
+    refuse_added_keys(cfg, "evaluate")
     whole_number(cfg, "misclassified", 0)
     run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))  # a hostile run is refused before Lightning is
     from mnist_lit.data import to_features

@@ -21,7 +21,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mnist_lit.errors import UserError, explain_hydra_errors, report_user_errors, whole_number
+from mnist_lit.errors import (
+    UserError,
+    explain_hydra_errors,
+    refuse_added_keys,
+    report_user_errors,
+    whole_number,
+)
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 TOLERANCE = 1e-5
@@ -118,6 +124,7 @@ def export(cfg: DictConfig) -> dict:
     from mnist_lit.checkpoint import load_run
     from mnist_lit.evaluate import load_test_set, writable
 
+    refuse_added_keys(cfg, "export")
     fmt = str(cfg.format).lower()
     if fmt not in FORMATS:
         raise UserError(f"format={cfg.format} is not known; choose one of {', '.join(FORMATS)}.")

@@ -18,7 +18,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from mnist_lit.errors import UserError, explain_hydra_errors, report_user_errors, whole_number
+from mnist_lit.errors import (
+    UserError,
+    explain_hydra_errors,
+    refuse_added_keys,
+    report_user_errors,
+    whole_number,
+)
 
 OUTPUTS = ("text", "json")
 PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
@@ -120,6 +126,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     from mnist_lit.checkpoint import load_run
     from mnist_lit.preprocess import load_digit
 
+    refuse_added_keys(cfg, "predict")
     if cfg.output not in OUTPUTS:
         raise UserError(f"output={cfg.output} is not known; choose one of {', '.join(OUTPUTS)}.")
     whole_number(cfg, "top_k", 1)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SYNTHETIC_OVERRIDES, run_cli, write_idx
+from conftest import SYNTHETIC_OVERRIDES, compose, run_cli, write_idx
 
 from mnist_lit import train as train_cli
 
@@ -269,3 +269,23 @@ def test_command_option_mistakes_are_named(synthetic_run, command, override, sai
     with pytest.raises(UserError) as err:
         getattr(importlib.import_module(f"mnist_lit.{command}"), command)(cfg)
     assert said in str(err.value)
+
+
+@pytest.mark.parametrize(("command", "added", "expected"), [
+    ("evaluate", "+misclasified=3", "+misclasified: the config has no key 'misclasified' (did you mean "
+     "misclassified?); it has run_dir, ckpt_path, data, misclassified, output_dir."),
+    ("evaluate", "+data.batch_size=3", "+data.batch_size: data has no key 'batch_size'; it has root, "
+     "download."),
+    ("predict", "+imgs=[a.png]", "+imgs: the config has no key 'imgs' (did you mean images?)"),
+    ("export", "+formt=torchscript", "+formt: the config has no key 'formt' (did you mean format?)"),
+])
+def test_a_key_added_to_a_command_that_ignores_it_is_refused(command, added, expected, tmp_path):
+    """evaluate, predict and export read only their own keys: an added (misspelt) one would do nothing."""
+    import importlib
+
+    from mnist_lit.errors import UserError
+
+    entry = getattr(importlib.import_module(f"mnist_lit.{command}"), command)
+    with pytest.raises(UserError) as refused:
+        entry(compose(command, f"run_dir={tmp_path}", added))
+    assert str(refused.value).startswith(expected)
