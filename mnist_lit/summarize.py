@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from mnist_lit.errors import UserError, report_user_errors
@@ -32,8 +33,12 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def load_job(folder: Path, metric: str) -> dict:
-    overrides = OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
-    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    try:  # plain YAML: nothing in a job's folder is resolved or run
+        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        overrides = None
+    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if isinstance(o, str) and "=" in o) \
+        if isinstance(overrides, list) else {}
     # how a job was started again (a resumed sweep's later jobs), not what it ran
     job = {"job": folder.name,
            "overrides": {k: v for k, v in given.items() if k not in ("resume", "ckpt_path")}}
@@ -43,6 +48,8 @@ def load_job(folder: Path, metric: str) -> dict:
         metrics = {"status": "unfinished"}  # still running, or killed before it could write anything
     except ValueError:
         metrics = {"status": "unreadable", "error": "metrics.json is not valid JSON"}
+    if not isinstance(metrics, dict):
+        metrics = {"status": "unreadable", "error": "metrics.json holds no JSON object"}
     values = metrics.get("metrics") or {}
     job |= {
         "metric": values.get(metric),
@@ -186,8 +193,14 @@ def summarize(sweep_dir: Path, use_csv: bool = False, plot_path: Path | None = N
         notes.append(f"Optuna best {metric} = {best.get('best_value')}: "
                      + " ".join(f"{k}={v}" for k, v in (best.get("best_params") or {}).items()))
     plot_path = plot_path or sweep_dir / "summary.png"
-    plot(jobs, swept, metric, plot_path)
-    notes.append(f"plot: {plot_path}")
+    try:
+        if plot_path.is_dir():
+            raise IsADirectoryError(f"{plot_path} is a folder")
+        plot(jobs, swept, metric, plot_path)
+        notes.append(f"plot: {plot_path}")
+    except (OSError, ValueError) as err:  # the tables are printed all the same
+        notes.append(f"error: the plot {plot_path} was not written ({err}). Pass --plot <file>.png in a "
+                     "folder you can write.")
     return text, notes
 
 
@@ -203,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     text, notes = summarize(args.sweep_dir, args.csv, args.plot)
     print(text, flush=True)
     print("\n".join(notes), file=sys.stderr)
+    if any(note.startswith("error:") for note in notes):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

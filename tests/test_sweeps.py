@@ -220,6 +220,24 @@ def test_summary_of_seeds_failures_and_unfinished_jobs(tmp_path, capsys):
     assert (tmp_path / "summary.png").stat().st_size > 1000
 
 
+def test_summary_of_broken_jobs_and_an_unwritable_plot(tmp_path, capsys):
+    from mnist_lit.summarize import main
+
+    fake_job(tmp_path, 0, ["lr=0.1"], {"status": "completed", "best_val_acc": 0.9})
+    fake_job(tmp_path, 1, ["lr=0.2"], [1, 2])  # metrics.json of no object
+    fake_job(tmp_path, 2, ["lr=0.3"], {"status": "completed", "best_val_acc": 0.8})
+    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- lr=0.3\n- [unclosed")
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), "--plot", str(tmp_path / "notes.txt" / "plot.png")])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 1
+    rows = out.strip().split("\n\n")[0].splitlines()[2:]  # the table is printed all the same
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 1", "| 2"]
+    assert "| unreadable | metrics.json holds no JSON object |" in rows[1]
+    assert f"error: the plot {tmp_path / 'notes.txt' / 'plot.png'} was not written" in err
+
+
 def test_summary_of_a_folder_without_jobs(tmp_path):
     proc = run_cli("mnist_lit.summarize", str(tmp_path))
     assert proc.returncode == 1 and "no jobs in" in proc.stderr and "Traceback" not in proc.stderr
