@@ -210,7 +210,10 @@ def read_checkpoint(path: str | Path) -> dict:
             "<run>/checkpoints/last.ckpt."
         )
     if path.is_dir():
-        raise UserError(f"checkpoint {path} is a folder; pass it as run_dir={path}, or pass a .ckpt file.")
+        last = path / "checkpoints" / "last.ckpt"
+        raise UserError(f"checkpoint {path} is a folder; pass a .ckpt file (a run's: {last}), or the run "
+                        f"folder itself where a command takes one (resume={path} for train, run_dir={path} "
+                        "for evaluate, predict and export).")
     if path.stat().st_size == 0:
         raise UserError(
             f"checkpoint {path} is empty (0 bytes): the save was interrupted. Use another checkpoint."

@@ -210,6 +210,10 @@ def test_checkpoint_faults(synthetic_root, tmp_path, capfd):
     code, output = cli(capfd, *base, f"ckpt_path={tmp_path / 'none.ckpt'}")
     assert code == 1 and "none.ckpt does not exist" in output and "Traceback" not in output
 
+    code, output = cli(capfd, *base, f"ckpt_path={tmp_path}")  # a run's folder, say
+    assert code == 1 and f"checkpoint {tmp_path} is a folder" in output
+    assert f"resume={tmp_path} for train" in output
+
     (tmp_path / "bad.ckpt").write_bytes(b"PK\x03\x04 half a file")
     code, output = cli(capfd, *base, f"ckpt_path={tmp_path / 'bad.ckpt'}")
     assert code == 1 and "truncated or corrupt" in output and "Traceback" not in output
