@@ -255,6 +255,11 @@ def composition_message(err: Exception, argv: list[str]) -> str:
             if shown and len(shown) <= 40:
                 message += f" For comparison, the config's own value: {full_key}={shown}."
         return message + f" {command} --cfg job prints the whole config."
+    no_group = re.match(r"Could not override '(\S+)'\. No match in the defaults list", " ".join(lines))
+    if no_group:  # evaluate's model/net=cnn: a group of train's, where evaluate reads the run's own config
+        group = no_group.group(1)
+        return (f"{group}=...: {command} has no config group {group} to choose (a run's network and data "
+                f"come from its own config). {command} --help lists what it takes.")
     chosen = re.match(r"Multiple values for (\S+)\.|(\S+) appears more than once in the final", first)
     if chosen:  # `+group=option` for a group the config has chosen already
         group = chosen.group(1) or chosen.group(2)

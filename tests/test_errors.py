@@ -199,6 +199,9 @@ def test_command_line_hydra_cannot_compose(tmp_path):
     assert plain.stderr.startswith("error: misclasified=4: the config has no key 'misclasified' "
                                    "(did you mean misclassified?)"), plain.stderr
     assert "+misclasified" not in plain.stderr  # evaluate would ignore the key
+    group = run_cli("mnist_lit.evaluate", f"run_dir={tmp_path}", "model/net=cnn")
+    said = "error: model/net=...: python -m mnist_lit.evaluate has no config group model/net to choose"
+    assert group.returncode == 1 and group.stderr.startswith(said), group.stderr
     full = run_cli("mnist_lit.evaluate", f"run_dir={tmp_path}", "misclasified=4",
                    env={"HYDRA_FULL_ERROR": "1"})
     assert full.returncode == 1 and "Traceback" in full.stderr and "ConfigCompositionException" in full.stderr
