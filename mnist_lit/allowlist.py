@@ -11,11 +11,10 @@ is imported to check it. Configs given on the command line by the user are not c
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
+from mnist_lit import CONF_DIR
 from mnist_lit.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 NETWORK_MODULE = "mnist_lit.model"
 
 # Everything conf/ builds besides the networks (tests/test_security.py checks that conf/ uses nothing else);

@@ -13,6 +13,8 @@ from typing import TypeVar
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mnist_lit import CONF_DIR
+
 T = TypeVar("T")
 
 
@@ -189,7 +191,7 @@ def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
             if isinstance(node[key], DictConfig) and isinstance(known[key], DictConfig):
                 walk(node[key], known[key], f"{name}.")
 
-    own = OmegaConf.load(Path(__file__).parents[1] / "conf" / f"{config_name}.yaml")
+    own = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
     for composing in ("defaults", "hydra"):  # Hydra's, not the command's
         own.pop(composing, None)
     walk(cfg, own, "")

@@ -31,7 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mnist_lit.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
-from mnist_lit.checkpoint import read_metrics, read_sweep_record
+from mnist_lit.checkpoint import first_sentence, read_metrics, read_sweep_record
 from mnist_lit.errors import RunStopped, UserError
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def sweep_end_message(err: Exception) -> str | None:
                 "run fewer at once (hydra.launcher.n_jobs).")
     jobs = sorted((job for job in sweep.iterdir() if job.name.isdigit()), key=lambda job: int(job.name))
     ended = [(job.name, read_metrics(job)) for job in jobs]
-    failed = [f"job {name} ({m['status']}: {str(m['error']).splitlines()[0][:200].rstrip('.')})"
+    failed = [f"job {name} ({m['status']}: {first_sentence(str(m['error']))})"
               for name, m in ended if m.get("status") in ("failed", "diverged") and m.get("error")]
     if not failed:
         return None

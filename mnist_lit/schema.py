@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, is_dataclass
-from pathlib import Path
 from typing import Any, Dict, List  # noqa: UP035 (OmegaConf reads these annotations)
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from mnist_lit import CONF_DIR
 from mnist_lit.errors import UserError, unknown_key
 
 
@@ -165,7 +165,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str):
             group = key.replace(".", "/")
-            options = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / group).glob("*.yaml"))
+            options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
             problems.append(f"{key}={value!r}: {key} is chosen from the config group {group}, with "
                             f"{group}={value if value in options else '<option>'} "
                             f"(options: {', '.join(options)})")
