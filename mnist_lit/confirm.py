@@ -14,10 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_lit.allowlist import check_override
-from mnist_lit.errors import UserError, report_user_errors
-from mnist_lit.search_space import to_override
-from mnist_lit.study import best_trials, load_study, search_config
+from mnist_lit.config.messages import report_user_errors
+from mnist_lit.errors import UserError
+from mnist_lit.runs.allowlist import check_override
+from mnist_lit.search.space import to_override
+from mnist_lit.search.study import best_trials, load_study, search_config
 from mnist_lit.summarize import summarize
 
 # overrides of the search that the confirmation replaces: it trains without the sweeper, with the test

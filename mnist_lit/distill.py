@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from mnist_lit.checkpoint import load_run
 from mnist_lit.errors import UserError
 from mnist_lit.module import MNISTClassifier
 
@@ -21,9 +21,10 @@ class DistillationClassifier(MNISTClassifier):
             + distill_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
     (T^2 keeps the soft term's gradients on the scale of the hard one's as T changes). The teacher is a
-    trained run's folder, loaded with its own config and best checkpoint through
-    `mnist_lit.checkpoint.load_run` (weights only, nothing unpickled runs). It sees the very batch the student
-    trains on, augmentation included.
+    trained run's folder, read by `load_teacher(run_dir=teacher)` (the config passes
+    `mnist_lit.runs.checkpoint.load_run`: its own config and best checkpoint, weights only, nothing unpickled
+    runs), which returns the run's `net` and its `normalize`. It sees the very batch the student trains on,
+    augmentation included.
 
     The teacher is kept out of the module tree on purpose: it is not in `parameters()` (so not in the
     optimizer or the trainable-parameter count), not in the checkpoint's state_dict (which holds the student
@@ -32,7 +33,8 @@ class DistillationClassifier(MNISTClassifier):
     no dropout). Validation and test score the student alone.
     """
 
-    def __init__(self, *args, teacher: str, temperature: float = 4.0, distill_weight: float = 0.9, **kwargs):
+    def __init__(self, *args, teacher: str, load_teacher: Callable, temperature: float = 4.0,
+                 distill_weight: float = 0.9, **kwargs):
         super().__init__(*args, **kwargs)
         if not temperature > 0:
             raise UserError(f"model.temperature={temperature} must be > 0, e.g. 4.")
@@ -40,7 +42,7 @@ class DistillationClassifier(MNISTClassifier):
             raise UserError(f"model.distill_weight={distill_weight} must be in [0, 1] (0: labels only).")
         self.temperature, self.distill_weight = float(temperature), float(distill_weight)
         try:
-            run = load_run(run_dir=teacher)
+            run = load_teacher(run_dir=teacher)
         except UserError as err:
             raise UserError(f"model.teacher={teacher}: {err}") from None
         self.teacher_normalize = run.normalize

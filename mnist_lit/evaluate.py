@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from mnist_lit.errors import (
-    UserError,
+from mnist_lit.config.messages import (
     explain_hydra_errors,
     refuse_added_keys,
     report_user_errors,
     whole_number,
 )
+from mnist_lit.errors import UserError
+from mnist_lit.runs.files import check_writable
 from mnist_lit.scoring import NUM_CLASSES, Evaluation, evaluate_net
 
 if TYPE_CHECKING:
@@ -37,18 +38,6 @@ def load_test_set(root: str, download: bool) -> tuple[torch.Tensor, torch.Tensor
             f"{err} (The run's own data.root is used unless you pass data.root=<folder>.)"
         ) from None
 
-
-def writable(folder: Path, key: str) -> None:
-    """Create `folder` if needed; a UserError naming `key` when it cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".mnist_lit_write_test"
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise UserError(
-            f"cannot write into {folder} ({err.strerror}); pass {key}=<a writable folder>."
-        ) from None
 
 
 def report(result: Evaluation) -> str:
@@ -72,19 +61,19 @@ def report(result: Evaluation) -> str:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the run's checkpoint on the test set, print the scores, write the figures and eval.json."""
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.runs.checkpoint import load_run
 
     refuse_added_keys(cfg, "evaluate")
     whole_number(cfg, "misclassified", 0)
     run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))  # a hostile run is refused before Lightning is
     from mnist_lit.data import to_features
-    from mnist_lit.plots import confusion_matrix_figure, misclassified_figure, save
+    from mnist_lit.reporting.plots import confusion_matrix_figure, misclassified_figure, save
 
     root = run.data_root(cfg.data.get("root"))
     images, labels = load_test_set(root, cfg.data.get("download", False))
     result = evaluate_net(run.net, to_features(images, run.normalize), labels)
     out_dir = Path(cfg.get("output_dir") or run.run_dir)
-    writable(out_dir, "output_dir")
+    check_writable(out_dir, "output_dir")
 
     worst = result.most_confident_errors(cfg.misclassified)
     files = {

@@ -2,7 +2,7 @@
 `python -m mnist_lit.export run_dir=<run> format=onnx` (or `format=torchscript`).
 
 The exported model takes `pixels`, float32 (N, 28, 28) in [0, 1] (a light digit on black, as MNIST and
-`mnist_lit.preprocess.to_mnist` make them), and returns `probabilities`, float32 (N, 10): the run's pixel
+`mnist_lit.inference.preprocess.to_mnist` make them), and returns `probabilities`, float32 (N, 10): the run's pixel
 scaling and the softmax are part of it. After writing, the file is loaded back with its own runtime
 (onnxruntime, torch.jit) and its probabilities on the official test digits are compared with PyTorch's.
 
@@ -21,13 +21,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mnist_lit.errors import (
-    UserError,
+from mnist_lit.config.messages import (
     explain_hydra_errors,
     refuse_added_keys,
     report_user_errors,
     whole_number,
 )
+from mnist_lit.errors import UserError
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 TOLERANCE = 1e-5
@@ -121,8 +121,9 @@ def run_exported(path: Path, fmt: str, pixels: torch.Tensor) -> torch.Tensor:
 
 def export(cfg: DictConfig) -> dict:
     """Export the run's network, check the file against PyTorch on test digits; print and return the check."""
-    from mnist_lit.checkpoint import load_run
-    from mnist_lit.evaluate import load_test_set, writable
+    from mnist_lit.evaluate import load_test_set
+    from mnist_lit.runs.checkpoint import load_run
+    from mnist_lit.runs.files import check_writable
 
     refuse_added_keys(cfg, "export")
     fmt = str(cfg.format).lower()
@@ -138,7 +139,7 @@ def export(cfg: DictConfig) -> dict:
     if path.is_dir():
         raise UserError(f"output={path} is a folder; give the file to write, e.g. "
                         f"output={path / FORMATS[fmt]}.")
-    writable(path.parent, "output")
+    check_writable(path.parent, "output")
     meta = metadata(run, fmt)
     # written beside its place and moved there once checked: a failed export leaves an earlier file intact
     partial = path.with_name(f".{path.name}.partial")

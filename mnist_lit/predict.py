@@ -18,13 +18,13 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from mnist_lit.errors import (
-    UserError,
+from mnist_lit.config.messages import (
     explain_hydra_errors,
     refuse_added_keys,
     report_user_errors,
     whole_number,
 )
+from mnist_lit.errors import UserError
 
 OUTPUTS = ("text", "json")
 PREVIEW_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
@@ -123,8 +123,8 @@ def classify(
 
 def predict(cfg: DictConfig) -> list[Prediction]:
     """Load the run's network, preprocess every input, classify the usable ones; print and return all."""
-    from mnist_lit.checkpoint import load_run
-    from mnist_lit.preprocess import load_digit
+    from mnist_lit.inference.preprocess import load_digit
+    from mnist_lit.runs.checkpoint import load_run
 
     refuse_added_keys(cfg, "predict")
     if cfg.output not in OUTPUTS:
@@ -188,7 +188,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
         if r.error is not None and cfg.output == "json":
             print(f"error: {r.input}: {r.error}", file=sys.stderr)
     if cfg.get("preview") and usable:
-        from mnist_lit.plots import predictions_figure, save
+        from mnist_lit.reporting.plots import predictions_figure, save
 
         captions = [f"{Path(r.input).name[:22]}\n→ {r.digit} ({r.top[0][1]:.1%})" for r in usable]
         path = save(

@@ -20,7 +20,8 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from mnist_lit.errors import UserError, report_user_errors
+from mnist_lit.config.messages import report_user_errors
+from mnist_lit.errors import UserError
 
 SEED_KEYS = ("seed",)
 

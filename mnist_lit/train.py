@@ -1,7 +1,7 @@
 """Train, validate and test the MLP: `python -m mnist_lit.train [overrides]` (see README).
 
 The recipe: build the data, the model and the Trainer from the config, fit, test the best checkpoint, and
-record the run in metrics.json. A run that stops early records how (mnist_lit/reliability.py).
+record the run in metrics.json. A run that stops early records how (mnist_lit/runs/reliability.py).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_lit import cli, schema
-from mnist_lit.errors import RunStopped, report_user_errors
-from mnist_lit.runs import cluster_plugins, continue_attempts  # hooks: issue #13
-from mnist_lit.sweep import keep_sweeping, sweep_keys
+from mnist_lit.cli import entry as cli
+from mnist_lit.config import schema
+from mnist_lit.config.messages import report_user_errors
+from mnist_lit.errors import RunStopped
+from mnist_lit.runs.folders import cluster_plugins, continue_attempts  # hooks: issue #13
+from mnist_lit.search.sweep import keep_sweeping, sweep_keys
 
 log = logging.getLogger(__name__)
 schema.register()  # conf/train.yaml's defaults list starts with it; also in launcher workers that import this
@@ -32,7 +34,7 @@ def train(cfg: DictConfig) -> dict:
     resume=<run dir>), "diverged" or "failed", and raises a RunStopped that says what happened and what to do.
     """
     schema.validate(cfg)  # before importing torch: a config mistake is reported at once
-    from mnist_lit.reliability import StopOnSignal
+    from mnist_lit.runs.reliability import StopOnSignal
 
     # Ctrl-C and SIGTERM are caught from here on, so that they are never lost between loading and fitting
     with StopOnSignal() as stop:
@@ -43,12 +45,11 @@ def _train(cfg: DictConfig, stop) -> dict:
     import lightning.pytorch as pl
     import torch
 
-    from mnist_lit.building import build, build_each, build_loggers, check_accelerator, check_optimizer
-    from mnist_lit.callbacks import log_hparams, log_params, quiet_lightning
-    from mnist_lit.checkpoint import check_fits
-    from mnist_lit.fast import GroupedSteps, unfused_for_clipping
-    from mnist_lit.optuna_trial import TrialPruned, trial_callbacks  # [optuna hook]
-    from mnist_lit.reliability import (
+    from mnist_lit.config.building import build, build_each, build_loggers, check_accelerator, check_optimizer
+    from mnist_lit.reporting.callbacks import log_hparams, log_params, quiet_lightning
+    from mnist_lit.runs.checkpoint import check_fits
+    from mnist_lit.runs.record import RunRecord, final_metrics
+    from mnist_lit.runs.reliability import (
         AtomicCheckpointIO,
         Diverged,
         Interrupted,
@@ -57,7 +58,8 @@ def _train(cfg: DictConfig, stop) -> dict:
         end_early,
         last_checkpoint_path,
     )
-    from mnist_lit.run_record import RunRecord, final_metrics
+    from mnist_lit.search.trial import TrialPruned, trial_callbacks  # [optuna hook]
+    from mnist_lit.speed.grouped import GroupedSteps, unfused_for_clipping
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     quiet_lightning()
@@ -73,7 +75,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     check_optimizer(model, cfg.trainer)
     if cfg.get("ckpt_path"):
         check_fits(cfg.ckpt_path, model.net)  # weights-only; another network's checkpoint is named as such
-    # not options: whatever the config, a run that stops early keeps its work (mnist_lit/reliability.py)
+    # not options: whatever the config, a run that stops early keeps its work (mnist_lit/runs/reliability.py)
     callbacks = build_each(cfg.get("callbacks"), "callbacks") + [
         stop, StopOnDivergence(), ResumeExactly(), GroupedSteps(cfg.fast, cfg.steps_per_execution)]
     callbacks += trial_callbacks()  # [optuna hook] in an Optuna search's trial: report val/acc, get pruned

@@ -69,8 +69,9 @@ def reference(args, script: str) -> dict:
 
 IMPORTS = {
     # what `python -m mnist_lit.train` has imported when fitting starts
-    "mnist-lit": "import mnist_lit.train; from mnist_lit import building, callbacks, checkpoint, data, fast, "
-                 "module, reliability, run_record; import lightning.pytorch",
+    "mnist-lit": "import mnist_lit.train, mnist_lit.config.building, mnist_lit.reporting.callbacks, "
+                 "mnist_lit.runs.checkpoint, mnist_lit.data, mnist_lit.speed.grouped, mnist_lit.module, "
+                 "mnist_lit.runs.reliability, mnist_lit.runs.record; import lightning.pytorch",
     "plain": "import torch, torch.nn.functional; from torchvision.datasets import MNIST",
     "lightning-bare": "import torch, torch.nn.functional; from torchvision.datasets import MNIST; "
                       "import lightning.pytorch",

@@ -31,7 +31,7 @@ python3 -m mnist_lit.train data.root=/tmp/mnist hydra.run.dir=/tmp/phases 2>&1 |
 echo "end $(date +%T.%N)" >> "$OUT/phases.txt"
 cat "$OUT/phases.txt"
 # what importing takes there, by cumulative time (the modules a run has imported when it starts fitting)
-python3 -X importtime -c "import mnist_lit.train; from mnist_lit import building, callbacks, checkpoint, data, fast, module, reliability, run_record; import lightning.pytorch" 2>&1 | sort -t'|' -k2 -n -r | head -40 > "$OUT/imports.txt"
+python3 -X importtime -c "import mnist_lit.train, mnist_lit.config.building, mnist_lit.reporting.callbacks, mnist_lit.runs.checkpoint, mnist_lit.data, mnist_lit.speed.grouped, mnist_lit.module, mnist_lit.runs.reliability, mnist_lit.runs.record; import lightning.pytorch" 2>&1 | sort -t'|' -k2 -n -r | head -40 > "$OUT/imports.txt"
 python3 scripts/benchmark.py --device cuda --reps "$REPS" --root /tmp/mnist --json "$OUT/fast.json" 2>&1 | tee "$OUT/fast.txt"
 python3 -m mnist_lit.train experiment=fast_gpu data.root=/tmp/mnist hydra.run.dir=/tmp/fast_gpu 2>&1 | tail -2
 python3 -c "import json; m = json.load(open('/tmp/fast_gpu/metrics.json')); print('fast_gpu', {k: m[k] for k in ('fit_seconds', 'steps', 'test_acc', 'device')}, m['metrics'].get('val/acc'))" | tee "$OUT/fast_gpu.txt"

@@ -17,7 +17,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from mnist_lit import schema
+from mnist_lit.config import schema
 
 PROJECT = Path(__file__).resolve().parent.parent
 REAL_ROOT = Path(os.environ.get("MNIST_ROOT", PROJECT.parent / "shared" / "mnist"))

@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from mnist_lit.augment import RandomAffine
 from mnist_lit.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
 from mnist_lit.errors import UserError
-from mnist_lit.fast import GroupedSteps
 from mnist_lit.model import MLP
 from mnist_lit.module import MNISTClassifier
+from mnist_lit.speed.grouped import GroupedSteps
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 AUGMENTS = sorted(p.stem for p in (CONF / "model" / "augment").glob("*.yaml"))

@@ -47,7 +47,7 @@ def test_bad_cnn_settings_are_user_errors(kwargs, message):
 
 
 def test_net_options_have_their_own_keys():
-    from mnist_lit.schema import validate
+    from mnist_lit.config.schema import validate
 
     cnn = compose("train", "model/net=cnn", "model.net.channels=[8,16]")
     assert cnn.model.net._target_ == "mnist_lit.model.CNN" and list(cnn.model.net.channels) == [8, 16]
@@ -63,11 +63,11 @@ def test_net_options_have_their_own_keys():
 
 
 def test_cnn_run_evaluates_predicts_and_exports(synthetic_cnn_run, synthetic_root, tmp_path, capsys):
-    from mnist_lit.checkpoint import load_run
     from mnist_lit.data import load_mnist, to_features
     from mnist_lit.evaluate import evaluate
     from mnist_lit.export import export
     from mnist_lit.predict import predict
+    from mnist_lit.runs.checkpoint import load_run
 
     metrics = json.loads((synthetic_cnn_run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 2

@@ -16,12 +16,14 @@ from mnist_lit.augment import RandomAffine
 from mnist_lit.data import MNISTDataModule
 from mnist_lit.distill import DistillationClassifier
 from mnist_lit.errors import UserError
-from mnist_lit.fast import GroupedSteps
 from mnist_lit.model import MLP
+from mnist_lit.runs.checkpoint import load_run
+from mnist_lit.speed.grouped import GroupedSteps
 
 
 def student(teacher, **kwargs) -> DistillationClassifier:
-    return DistillationClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3), teacher=str(teacher), **kwargs)
+    return DistillationClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3), teacher=str(teacher),
+                                   load_teacher=load_run, **kwargs)
 
 
 def is_frozen(net: torch.nn.Module) -> bool:
@@ -116,9 +118,9 @@ def test_the_loss_mixes_cross_entropy_and_the_softened_teacher(synthetic_cnn_run
 
 
 def test_student_run_loads_in_predict_and_export(synthetic_cnn_run, synthetic_root, tmp_path_factory):
-    from mnist_lit.checkpoint import load_run
     from mnist_lit.export import export
     from mnist_lit.predict import predict
+    from mnist_lit.runs.checkpoint import load_run
 
     run_dir = tmp_path_factory.mktemp("distill") / "student"
     proc = run_cli(
@@ -142,7 +144,7 @@ def test_student_run_loads_in_predict_and_export(synthetic_cnn_run, synthetic_ro
 
 
 def test_bad_teacher_and_settings(synthetic_cnn_run, synthetic_root, tmp_path, one_thread):
-    from mnist_lit.schema import validate
+    from mnist_lit.config.schema import validate
 
     with pytest.raises(UserError, match=f"model.teacher={tmp_path / 'nope'}: run_dir=.*: no such folder"):
         student(tmp_path / "nope")

@@ -1,4 +1,4 @@
-"""Evaluating a trained run (mnist_lit.evaluate); loading runs and checkpoints safely (mnist_lit.checkpoint).
+"""Evaluating a trained run (mnist_lit.evaluate); loading runs and checkpoints safely (mnist_lit.runs.checkpoint).
 
 The trained runs are shared with test_predict.py, test_export.py and test_plots.py: each is trained once per
 session (through the CLI, as a user would) into the session's base temp folder.
@@ -81,7 +81,7 @@ def test_evaluate_a_given_checkpoint_into_another_folder(synthetic_run, tmp_path
 
 
 def test_load_run_builds_the_runs_own_architecture(synthetic_run):
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.runs.checkpoint import load_run
 
     run = load_run(synthetic_run)
     linear = [m for m in run.net if isinstance(m, torch.nn.Linear)]
@@ -103,7 +103,7 @@ def fake_run(tmp_path: Path, synthetic_run: Path, hidden: str | None = None) -> 
 
 
 def test_checkpoint_of_another_architecture_names_the_layers(synthetic_run, tmp_path):
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.runs.checkpoint import load_run
 
     run = fake_run(tmp_path, synthetic_run, hidden="- 64\n")
     with pytest.raises(UserError) as err:
@@ -116,7 +116,7 @@ def test_checkpoint_of_another_architecture_names_the_layers(synthetic_run, tmp_
 
 
 def test_corrupt_empty_and_foreign_checkpoints(synthetic_run, tmp_path):
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.runs.checkpoint import load_run
 
     run = fake_run(tmp_path, synthetic_run)
     ckpt = next((run / "checkpoints").glob("epoch*.ckpt"))
@@ -146,7 +146,7 @@ class RunsCode:
 
 
 def test_checkpoint_with_pickled_code_is_refused_unexecuted(synthetic_run, tmp_path):
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.runs.checkpoint import load_run
 
     run = fake_run(tmp_path, synthetic_run)
     ckpt = next((run / "checkpoints").glob("epoch*.ckpt"))
@@ -160,7 +160,7 @@ def test_checkpoint_with_pickled_code_is_refused_unexecuted(synthetic_run, tmp_p
 
 
 def test_run_dir_mistakes(synthetic_run, tmp_path):
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.runs.checkpoint import load_run
 
     with pytest.raises(UserError, match="no model given"):
         load_run()
@@ -183,7 +183,7 @@ def test_run_dir_mistakes(synthetic_run, tmp_path):
 
 
 def test_run_dir_latest_is_the_last_started_run_with_a_checkpoint(synthetic_run, tmp_path, monkeypatch):
-    from mnist_lit.checkpoint import resolve_run_dir
+    from mnist_lit.runs.checkpoint import resolve_run_dir
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="no training run found"):
@@ -213,7 +213,7 @@ def test_the_data_a_run_trained_on_is_found_without_its_shell(synthetic_run, syn
 
     import yaml
 
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.runs.checkpoint import load_run
 
     run = tmp_path / "run"
     shutil.copytree(synthetic_run, run, ignore=shutil.ignore_patterns("tensorboard", "*.png"))

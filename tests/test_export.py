@@ -16,9 +16,9 @@ from mnist_lit.errors import UserError
 def test_onnx_file_runs_in_onnxruntime_like_pytorch(real_run, real_root, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from mnist_lit.checkpoint import load_run
     from mnist_lit.data import load_mnist, to_features
     from mnist_lit.export import export
+    from mnist_lit.runs.checkpoint import load_run
 
     path = tmp_path / "digits.onnx"
     check = export(compose("export", f"run_dir={real_run}", f"output={path}", f"data.root={real_root}"))
@@ -44,9 +44,9 @@ def test_onnx_file_runs_in_onnxruntime_like_pytorch(real_run, real_root, tmp_pat
 
 
 def test_torchscript_of_a_normalizing_run(synthetic_run, synthetic_root):
-    from mnist_lit.checkpoint import load_run
     from mnist_lit.data import load_mnist, to_features
     from mnist_lit.export import export
+    from mnist_lit.runs.checkpoint import load_run
 
     check = export(compose("export", f"run_dir={synthetic_run}", "format=torchscript", "check_digits=100"))
     assert check["ok"] and check["digits"] == 100 and check["file"] == str(synthetic_run / "model.pt")
@@ -85,7 +85,7 @@ def test_a_failed_export_leaves_the_earlier_file(synthetic_run, tmp_path, monkey
 
 
 def test_a_checkpoint_of_diverged_weights_is_refused(synthetic_run, tmp_path):
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.runs.checkpoint import load_run
 
     ckpt = torch.load(synthetic_run / "checkpoints" / "last.ckpt", weights_only=True)
     first = next(k for k in ckpt["state_dict"] if k.startswith("net."))

@@ -1,4 +1,4 @@
-"""mnist_lit/fast.py: grouped steps give exactly what Lightning's standard path gives, or fall back saying why."""
+"""mnist_lit/speed/grouped.py: grouped steps give exactly what Lightning's standard path gives, or fall back saying why."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from conftest import SYNTHETIC_OVERRIDES, run_cli
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import Logger
 
-from mnist_lit import fast as fast_module
 from mnist_lit.augment import RandomAffine
-from mnist_lit.callbacks import StepAxis, StepProgressBar, TrainingCurve
 from mnist_lit.data import MNISTDataModule
 from mnist_lit.errors import UserError
-from mnist_lit.fast import GroupedSteps, StepGroups, make_capturable
 from mnist_lit.model import MLP
 from mnist_lit.module import MNISTClassifier
-from mnist_lit.reliability import ResumeExactly, StopOnDivergence
+from mnist_lit.reporting.callbacks import StepAxis, StepProgressBar, TrainingCurve
+from mnist_lit.runs.reliability import ResumeExactly, StopOnDivergence
+from mnist_lit.speed import grouped as fast_module
+from mnist_lit.speed.grouped import GroupedSteps, StepGroups, make_capturable
 
 
 class Recorder(Logger):
@@ -235,11 +235,11 @@ def test_a_scheduler_stepped_once_an_epoch_takes_the_standard_path(synthetic_roo
         trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=recorder, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                              log_every_n_steps=5, callbacks=[TrainingCurve(), GroupedSteps(fast, 4)])
-        with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+        with caplog.at_level(logging.INFO, logger="mnist_lit.speed.grouped"):
             trainer.fit(model, MNISTDataModule(str(synthetic_root), download=False, val_size=100))
         runs.append((model, trainer, recorder.logged))
     (slow, _, logged_slow), (fell_back, trainer, logged) = runs
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_lit.fast"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_lit.speed.grouped"]
     assert len(lines) == 1 and "interval 'epoch'" in lines[0] and "standard path" in lines[0]
     assert not grouped(trainer) and trainer.global_step == 32
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-5)  # two epoch ends: x0.1 each
@@ -256,7 +256,7 @@ def test_a_scheduler_stepped_once_an_epoch_takes_the_standard_path(synthetic_roo
     ([{"optimizer": "adam", "lr_scheduler": {"scheduler": "plateau", "monitor": "val/loss"}}], False),
 ])
 def test_schedules_the_grouped_steps_can_step(config, supported):
-    from mnist_lit.fast import unsupported_schedule
+    from mnist_lit.speed.grouped import unsupported_schedule
 
     assert (unsupported_schedule(config) is None) is supported
 
@@ -285,9 +285,9 @@ def test_logged_steps_do_not_depend_on_grouping(synthetic_root, one_thread):
     ({"limit_train_batches": 3}, "trainer.limit_train_batches=3"),
 ])
 def test_what_groups_cannot_do_falls_back_with_one_line(synthetic_root, one_thread, caplog, trainer_args, reason):
-    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+    with caplog.at_level(logging.INFO, logger="mnist_lit.speed.grouped"):
         model, trainer, logged = fit(synthetic_root, epochs=1, **trainer_args)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_lit.fast"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_lit.speed.grouped"]
     assert len(lines) == 1 and reason in lines[0] and "standard path" in lines[0]
     assert not grouped(trainer) and trainer.global_step > 0
     assert any(name == "val/acc" for _, name, _ in logged)
@@ -305,7 +305,7 @@ def test_a_callback_acting_on_every_batch_takes_the_standard_path(synthetic_root
     pl.seed_everything(0, verbose=False)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[seen, GroupedSteps()])
-    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+    with caplog.at_level(logging.INFO, logger="mnist_lit.speed.grouped"):
         trainer.fit(MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3)),
                     MNISTDataModule(str(synthetic_root), download=False, val_size=100))
     assert seen.calls == 16 and "EveryBatch" in caplog.text
@@ -320,7 +320,7 @@ def test_a_module_acting_on_every_step_takes_the_standard_path(synthetic_root, o
     model = GradNorms(MLP(), partial(torch.optim.Adam, lr=1e-3))
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[GroupedSteps()])
-    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+    with caplog.at_level(logging.INFO, logger="mnist_lit.speed.grouped"):
         trainer.fit(model, MNISTDataModule(str(synthetic_root), download=False, val_size=100))
     assert model.seen == 16 and "GradNorms.on_before_optimizer_step" in caplog.text
 
@@ -386,7 +386,7 @@ def test_cuda_graph_steps_match_eager_on_gpu(synthetic_root):
 
 def test_staged_gpu_setup_is_refused_only_for_what_graphs_cannot_replay():
     # unsupported() on a 2-process or 16-bit GPU run names the setting (staged: no GPU here)
-    from mnist_lit.fast import unsupported
+    from mnist_lit.speed.grouped import unsupported
 
     module = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3))
     trainer = SimpleNamespace(world_size=2, precision="32-true", accumulate_grad_batches=1, gradient_clip_val=None,
@@ -402,12 +402,12 @@ def test_staged_gpu_setup_is_refused_only_for_what_graphs_cannot_replay():
 def test_fused_adam_is_unfused_only_for_clipping_under_mixed_precision(caplog):
     from conftest import compose
 
-    from mnist_lit.fast import unfused_for_clipping
+    from mnist_lit.speed.grouped import unfused_for_clipping
 
     cfg = compose("train")
     unfused_for_clipping(cfg)
     assert cfg.model.optimizer.fused is True  # the default: one kernel per update
     cfg = compose("train", "trainer.gradient_clip_val=1.0", "trainer.precision=bf16-mixed")
-    with caplog.at_level(logging.INFO, logger="mnist_lit.fast"):
+    with caplog.at_level(logging.INFO, logger="mnist_lit.speed.grouped"):
         unfused_for_clipping(cfg)
     assert cfg.model.optimizer.fused is False and "model.optimizer.fused=false" in caplog.text

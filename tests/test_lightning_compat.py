@@ -1,4 +1,4 @@
-"""Each Lightning internal that mnist_lit/lightning_compat.py touches does what the speed layer relies on.
+"""Each Lightning internal that mnist_lit/speed/lightning_compat.py touches does what the speed layer relies on.
 
 A Lightning release that renames or changes one of them fails here, by name, before any training test;
 pyproject bounds lightning to the releases this passed on.
@@ -11,7 +11,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from mnist_lit import lightning_compat as compat
+from mnist_lit.speed import lightning_compat as compat
 
 
 class Steps(pl.LightningModule):
@@ -36,7 +36,7 @@ class Steps(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def train_dataloader(self):
-        return iter([torch.zeros(2)] * 3)  # no length, as mnist_lit.fast.StepGroups
+        return iter([torch.zeros(2)] * 3)  # no length, as mnist_lit.speed.grouped.StepGroups
 
 
 class Steps_logged(pl.loggers.Logger):

@@ -38,7 +38,7 @@ def test_jobs_sharing_a_store_build_their_loggers_in_turn(tmp_path):
 
     from omegaconf import OmegaConf
 
-    from mnist_lit.building import build_loggers
+    from mnist_lit.config.building import build_loggers
 
     store = tmp_path / "mlflow.db"
     group = OmegaConf.create({"mlflow": {"_target_": "lightning.pytorch.loggers.MLFlowLogger",

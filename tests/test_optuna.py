@@ -42,7 +42,7 @@ def searched(synthetic_root, tmp_path_factory):
 def test_search_space_from_hydra_grammar():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from mnist_lit.search_space import parse
+    from mnist_lit.search.space import parse
 
     space, fixed = parse(["lr=tag(log, interval(1e-4, 1e-2))", "bs=choice(32, 64)", "p=interval(0, 0.5)",
                           "h=range(16, 80, 16)", "w=shuffle(range(1, 4))", "data.root=x", "bs=choice(8, 16)"])
@@ -62,7 +62,7 @@ def test_search_space_from_hydra_grammar():
     ("bs=range(64, 64)", "bs=range(64, 64) is empty"),
 ])
 def test_an_impossible_search_space_is_named(override, said):
-    from mnist_lit.search_space import SearchSpaceError, parse
+    from mnist_lit.search.space import SearchSpaceError, parse
 
     with pytest.raises(SearchSpaceError) as err:
         parse([override])
@@ -212,7 +212,7 @@ def test_pruner_options(name, pruner):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from mnist_lit import schema
+    from mnist_lit.config import schema
 
     GlobalHydra.instance().clear()
     schema.register()
@@ -238,7 +238,7 @@ def test_confirm_refuses_a_folder_without_a_search(tmp_path, capsys):
 
 def test_resume_repeats_only_plain_search_overrides(tmp_path):
     from mnist_lit.errors import UserError
-    from mnist_lit.study import SWEEPER_TARGET, resume_search
+    from mnist_lit.search.study import SWEEPER_TARGET, resume_search
 
     def folder(hydra_overrides, task_overrides):
         hydra = {"sweeper": {"_target_": SWEEPER_TARGET},

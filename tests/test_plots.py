@@ -1,4 +1,4 @@
-"""Figures and the training callbacks that draw them (mnist_lit.plots)."""
+"""Figures and the training callbacks that draw them (mnist_lit.reporting.plots)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_lit import plots
+from mnist_lit.reporting import plots
 
 
 def test_learning_curves_figure_has_both_plots_labelled(tmp_path):

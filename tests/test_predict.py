@@ -1,4 +1,4 @@
-"""Predicting digits from image files and test-set indices (mnist_lit.predict, mnist_lit.preprocess)."""
+"""Predicting digits from image files and test-set indices (mnist_lit.predict, mnist_lit.inference.preprocess)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def centre_of_mass(digit: torch.Tensor) -> tuple[float, float]:
 
 
 def test_preprocess_makes_an_mnist_digit():
-    from mnist_lit.preprocess import to_mnist
+    from mnist_lit.inference.preprocess import to_mnist
 
     digit = to_mnist(drawing(7, size=(500, 700), box=(40, 300, 200, 380)))  # tall canvas, digit low left
     assert digit.shape == (28, 28) and digit.dtype == torch.uint8
@@ -104,7 +104,7 @@ def test_preprocess_makes_an_mnist_digit():
 
 
 def test_preprocess_does_not_care_about_polarity_colour_alpha_bit_depth_or_orientation(tmp_path):
-    from mnist_lit.preprocess import load_digit, to_mnist
+    from mnist_lit.inference.preprocess import load_digit, to_mnist
 
     reference = to_mnist(drawing(4)).float()
 
@@ -128,10 +128,10 @@ def test_preprocess_does_not_care_about_polarity_colour_alpha_bit_depth_or_orien
 
 @pytest.mark.real_data
 def test_large_inverted_off_centre_test_digits_predict_as_the_originals(real_run, real_root, tmp_path):
-    from mnist_lit.checkpoint import load_run
     from mnist_lit.data import load_mnist
+    from mnist_lit.inference.preprocess import load_digit
     from mnist_lit.predict import classify
-    from mnist_lit.preprocess import load_digit
+    from mnist_lit.runs.checkpoint import load_run
 
     run = load_run(real_run)
     images, labels = load_mnist(real_root, train=False)
@@ -150,9 +150,9 @@ def test_large_inverted_off_centre_test_digits_predict_as_the_originals(real_run
 
 @pytest.mark.real_data
 def test_drawn_and_photographed_digits_are_recognised(real_run, tmp_path):
-    from mnist_lit.checkpoint import load_run
+    from mnist_lit.inference.preprocess import load_digit
     from mnist_lit.predict import classify
-    from mnist_lit.preprocess import load_digit
+    from mnist_lit.runs.checkpoint import load_run
 
     run = load_run(real_run)
     styles = {
@@ -286,7 +286,7 @@ def test_bad_inputs_fail_one_by_one_and_the_others_are_predicted(synthetic_run, 
     if os.geteuid() != 0:  # root reads any file
         (tmp_path / "locked.png").write_bytes(good.read_bytes())
         (tmp_path / "locked.png").chmod(0)
-        from mnist_lit.preprocess import load_digit
+        from mnist_lit.inference.preprocess import load_digit
 
         with pytest.raises(UserError, match="permission denied"):
             load_digit(tmp_path / "locked.png")
@@ -306,7 +306,7 @@ def test_predict_config_mistakes(synthetic_run):
 def test_what_this_user_may_not_read_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
-    from mnist_lit.errors import report_user_errors
+    from mnist_lit.config.messages import report_user_errors
     from mnist_lit.predict import expand_images
 
     def load(path):  # as a checkpoint of another user's, mode 600, opened by torch.load

@@ -16,7 +16,7 @@ from test_resume import popen_train
 from test_sweeps import hparams_of, session_status
 
 from mnist_lit.errors import UserError
-from mnist_lit.reliability import AtomicCheckpointIO
+from mnist_lit.runs.reliability import AtomicCheckpointIO
 
 
 def test_divergence_stops_with_status_and_keeps_the_best_checkpoint(synthetic_root, tmp_path, capfd):
@@ -133,7 +133,7 @@ class InFlight:
 def test_divergence_checks_judge_without_waiting_for_the_gpu(monkeypatch, gpu):
     from types import SimpleNamespace
 
-    from mnist_lit import reliability
+    from mnist_lit.runs import reliability
 
     if gpu:
         monkeypatch.setattr(reliability, "HostCopy", InFlight)

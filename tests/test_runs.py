@@ -1,4 +1,4 @@
-"""Run folders and attempts (mnist_lit/runs.py): no two runs share a folder, sweeps resume, requeued SLURM
+"""Run folders and attempts (mnist_lit/runs/folders.py): no two runs share a folder, sweeps resume, requeued SLURM
 jobs continue.
 
 The `slurm` tests need a running SLURM (`sudo bash scripts/slurm_local.sh start`, as .ci/run does); they
@@ -21,7 +21,7 @@ from conftest import PROJECT, SYNTHETIC_OVERRIDES, compose, run_cli
 from omegaconf import OmegaConf
 
 from mnist_lit.errors import RunStopped, UserError
-from mnist_lit.runs import expand_sweep_resume, prepare_attempt
+from mnist_lit.runs.folders import expand_sweep_resume, prepare_attempt
 
 TESTS = Path(__file__).resolve().parent
 ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(PROJECT), str(TESTS)])}
@@ -138,7 +138,7 @@ def test_a_folder_holding_another_run_is_refused(synthetic_root, tmp_path):
     assert sorted(p.name for p in (run / ".hydra").iterdir()) == ["overrides.yaml"]
 
     # while another process continues it (here this test's), a second resume is refused before any work
-    from mnist_lit.runs import hold
+    from mnist_lit.runs.folders import hold
 
     assert hold(run)
     proc = run_cli("mnist_lit.train", f"resume={run}", timeout=120)
@@ -158,8 +158,8 @@ def test_a_sweep_folder_taken_in_the_same_second_is_claimed_anew(tmp_path):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from mnist_lit import schema
-    from mnist_lit.runs import ClaimRunDir
+    from mnist_lit.config import schema
+    from mnist_lit.runs.folders import ClaimRunDir
 
     GlobalHydra.instance().clear()
     schema.register()
@@ -392,7 +392,7 @@ def test_a_copied_run_resumes_from_its_own_checkpoints(synthetic_root, tmp_path)
 def test_a_cluster_that_refuses_the_jobs_is_named_in_one_paragraph():
     from submitit.core.utils import FailedJobError
 
-    from mnist_lit.runs import sweep_end_message
+    from mnist_lit.runs.folders import sweep_end_message
 
     refused = FailedJobError("sbatch: error: Batch job submission failed: Unable to contact slurm controller")
     assert sweep_end_message(refused) == (

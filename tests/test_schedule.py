@@ -10,9 +10,9 @@ from conftest import compose
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
-from mnist_lit.callbacks import TrainingCurve
 from mnist_lit.data import MNISTDataModule
-from mnist_lit.fast import GroupedSteps
+from mnist_lit.reporting.callbacks import TrainingCurve
+from mnist_lit.speed.grouped import GroupedSteps
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 SCHEDULERS = sorted(p.stem for p in (CONF / "model" / "scheduler").glob("*.yaml"))

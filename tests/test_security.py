@@ -1,4 +1,4 @@
-"""Nothing read from a run folder ever runs code (mnist_lit/allowlist.py, mnist_lit/checkpoint.py).
+"""Nothing read from a run folder ever runs code (mnist_lit/runs/allowlist.py, mnist_lit/runs/checkpoint.py).
 
 Run folders are crafted by copying one small trained synthetic run and editing its YAML: a code-running
 `_target_` in `.hydra/config.yaml` (for evaluate, predict and export) or in `.hydra/overrides.yaml` (for
@@ -25,9 +25,9 @@ import torch
 import yaml
 from conftest import PROJECT, run_cli
 
-from mnist_lit import allowlist
-from mnist_lit.checkpoint import load_run, read_recorded_overrides
 from mnist_lit.errors import UserError
+from mnist_lit.runs import allowlist
+from mnist_lit.runs.checkpoint import load_run, read_recorded_overrides
 
 
 class RunsCode:
@@ -349,7 +349,7 @@ def test_conf_builds_only_allowed_targets():
     found = {t: f for f in (PROJECT / "conf").rglob("*.yaml") for t in targets(yaml.safe_load(f.read_text()))}
     assert len(found) >= 15
     refused = {t: str(f) for t, f in found.items() if not allowlist.is_safe_target(t)}
-    assert not refused, f"add these to mnist_lit/allowlist.py's SAFE_TARGETS: {refused}"
+    assert not refused, f"add these to mnist_lit/runs/allowlist.py's SAFE_TARGETS: {refused}"
 
 
 def test_networks_are_the_nn_modules_of_mnist_lit_model(monkeypatch):
@@ -373,7 +373,7 @@ def test_networks_are_the_nn_modules_of_mnist_lit_model(monkeypatch):
 def test_resume_with_a_trusted_target_given_again(synthetic_run, tmp_path):
     """A target the user trusts (their own callback) is given again after resume=: the recorded line is then
     left out, unchecked and unused; one of another key is still refused."""
-    from mnist_lit.cli import expand_resume
+    from mnist_lit.cli.entry import expand_resume
 
     run = copy_run(synthetic_run, tmp_path)
     overrides = run / ".hydra" / "overrides.yaml"
@@ -388,13 +388,13 @@ def test_resume_with_a_trusted_target_given_again(synthetic_run, tmp_path):
     edit_yaml(overrides, lambda lines: lines.append("+callbacks.evil={_target_: os.system}"))
     with pytest.raises(UserError, match=r"callbacks\.evil\._target_ names the target 'os\.system'"):
         expand_resume([f"resume={run}", "+callbacks.pause._target_=test_resume.PauseAt",
-                       "callbacks.evil._target_=mnist_lit.callbacks.LogSampleDigits"])
+                       "callbacks.evil._target_=mnist_lit.reporting.callbacks.LogSampleDigits"])
 
 
 def test_metrics_json_names_a_checkpoint_only_inside_the_run(synthetic_run, tmp_path):
     import json
 
-    from mnist_lit.checkpoint import best_checkpoint
+    from mnist_lit.runs.checkpoint import best_checkpoint
 
     run = copy_run(synthetic_run, tmp_path)
     best = best_checkpoint(run)

@@ -54,7 +54,7 @@ def session_status(tb_dir) -> str:
 
 
 def test_swept_config_keys_name_their_hparams():
-    from mnist_lit.callbacks import swept_hparams
+    from mnist_lit.reporting.callbacks import swept_hparams
 
     names = {"seed", "data/batch_size", "trainer/max_epochs", "optimizer/class", "optimizer/lr", "net/class",
              "net/hidden_sizes", "net/dropout", "scheduler", "model/label_smoothing"}

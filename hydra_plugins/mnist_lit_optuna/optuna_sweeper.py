@@ -4,7 +4,7 @@ any launcher (basic, joblib, submitit), tells the study how each ended (complete
 - The study lives in a storage (default sqlite:///<sweep dir>/optuna.db), so running the sweep again with the
   same folder continues it up to n_trials; trials a dead sweep left RUNNING are marked failed and retried.
 - Trial k runs in job folder <sweep dir>/k; its job finds the trial through three environment variables
-  (mnist_lit/optuna_trial.py) and reports val/acc every epoch to the pruner.
+  (mnist_lit/search/trial.py) and reports val/acc every epoch to the pruner.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from mnist_lit.search_space import SearchSpaceError, parse
-        from mnist_lit.study import storage
+        from mnist_lit.search.space import SearchSpaceError, parse
+        from mnist_lit.search.study import storage
 
         self.check()
         try:
@@ -118,9 +118,9 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from mnist_lit.errors import RunStopped
-        from mnist_lit.search_space import to_override
-        from mnist_lit.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
-        from mnist_lit.sweep import TrialPruned
+        from mnist_lit.search.space import to_override
+        from mnist_lit.search.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+        from mnist_lit.search.sweep import TrialPruned
 
         batches = []  # job folder = trial number: consecutive numbers go to the launcher together
         for trial in trials:

@@ -25,14 +25,15 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from mnist_lit.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
-from mnist_lit.checkpoint import first_sentence, read_metrics, read_sweep_record
 from mnist_lit.errors import RunStopped, UserError
+from mnist_lit.runs.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
+from mnist_lit.runs.checkpoint import first_sentence, read_metrics, read_sweep_record
+from mnist_lit.runs.files import unwritable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,7 +90,7 @@ def hold(folder: Path) -> bool:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
-        return True  # not writable: CheckRunDir says so in one line
+        return True  # not writable: ClaimRunDir says so in one line
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -108,7 +109,7 @@ def sweep_end_message(err: Exception) -> str | None:
     """How a sweep ended, where Hydra would print a traceback (a joblib worker killed) or the first failed
     job's error alone: which jobs failed, and what to do. None for anything else."""
     sweep = held_folder()
-    kind = type(err).__name__  # joblib's, submitit's and mnist_lit.sweep's: none is imported here
+    kind = type(err).__name__  # joblib's, submitit's and mnist_lit.search.sweep's: none is imported here
     if kind == "FailedJobError":  # submitit's: sbatch refused the jobs
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else "no reason given"
         return (f"the cluster did not take the sweep's jobs ({reason}). Check that SLURM answers here "
@@ -167,8 +168,8 @@ def continues_search(config: DictConfig, folder: Path) -> bool:
 
 
 class ClaimRunDir(Callback):
-    """Gives every run and sweep a folder of its own (see the module docstring). Must come before any
-    callback that creates the folder (conf/train.yaml lists it first)."""
+    """Gives every run and sweep a folder of its own (see the module docstring), and refuses one that is
+    empty or cannot be written, in one line, before Hydra writes into it. conf/train.yaml lists it first."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._settle(config, "run")
@@ -179,14 +180,15 @@ class ClaimRunDir(Callback):
     @staticmethod
     def _settle(config: DictConfig, kind: str) -> None:
         node = config.hydra[kind]
-        folder = str(node.dir)
-        if not folder.strip():
-            return  # the current folder: CheckRunDir refuses it
+        folder, key = str(node.dir), f"hydra.{kind}.dir"
+        if not folder.strip():  # Hydra would write into the current folder
+            _refuse(f"{key} is empty: give the run a folder of its own, or leave {key} out (a fresh "
+                    "timestamped folder).")
         if "${now:" in str(node._get_node("dir")._value()):  # named from the clock: claim a fresh one
             try:
                 claimed = _claim(folder)
-            except OSError:
-                return  # not writable: CheckRunDir reports it in one line
+            except OSError as err:
+                _refuse(_cannot_write(folder, str(err.strerror or err), key))
             hold(Path(claimed))
             if claimed != folder:
                 with read_write(config.hydra), open_dict(config.hydra):
@@ -201,19 +203,30 @@ class ClaimRunDir(Callback):
         if busy and not is_resume and not search:
             what = "a sweep" if kind == "sweep" else "another run (metrics.json or checkpoints)"
             again = f"python -m mnist_lit.train {'-m ' if kind == 'sweep' else ''}resume={folder}"
-            # Hydra turns a callback's exception into a warning and goes on, so this one exits itself
-            print(f"error: hydra.{kind}.dir={folder} already holds {what}; a new {kind} never writes over "
-                  f"it. Choose another folder, leave hydra.{kind}.dir out (a fresh timestamped folder), or "
-                  f"continue that {kind} with: {again}", file=sys.stderr)
-            raise SystemExit(1)
+            _refuse(f"hydra.{kind}.dir={folder} already holds {what}; a new {kind} never writes over it. "
+                    f"Choose another folder, leave hydra.{kind}.dir out (a fresh timestamped folder), or "
+                    f"continue that {kind} with: {again}")
+        reason = unwritable(folder)
+        if reason is not None:
+            _refuse(_cannot_write(folder, reason, key))
         if not hold(Path(folder)):  # a run still training there, or another resume of it
-            print(f"error: {in_use(kind, Path(folder))}", file=sys.stderr)
-            raise SystemExit(1)
+            _refuse(in_use(kind, Path(folder)))
         if search:
             print(f"continuing the Optuna search of {folder} (its study: {Path(folder) / 'optuna.db'})",
                   file=sys.stderr)
         if is_resume and kind == "run":
             keep_recorded(Path(folder))
+
+
+
+def _cannot_write(folder: str, reason: str, key: str) -> str:
+    return f"cannot write the run folder {folder}: {reason}. Choose a writable folder with {key}=<folder>."
+
+
+def _refuse(message: str) -> NoReturn:
+    # Hydra turns a callback's exception into a warning and goes on, so the callback exits itself
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
 
 
 # ------------------------------------------------------------------------------------------- attempts
@@ -359,7 +372,7 @@ LAUNCHER_KEYS = {
 
 
 def check_recorded(override: str, source: str) -> None:
-    """Refuse a recorded sweep override that could run code (mnist_lit.allowlist's rules, for each value of
+    """Refuse a recorded sweep override that could run code (mnist_lit.runs.allowlist's rules, for each value of
     a sweep; for Hydra's options, only the launcher and its resources)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -382,7 +395,7 @@ def check_recorded(override: str, source: str) -> None:
 
 def expand_sweep_resume(args: list[str]) -> list[str]:
     """`-m resume=<sweep dir> [hydra overrides]` of a grid sweep (an Optuna search continues its study:
-    mnist_lit.study) -> the sweep's own overrides (from its multirun.yaml), its launcher and its folder, then
+    mnist_lit.search.study) -> the sweep's own overrides (from its multirun.yaml), its launcher and its folder, then
     this command's hydra overrides (which win, e.g. another launcher)."""
     found = [i for i, a in enumerate(args) if a.startswith("resume=")]
     if not found:

@@ -61,7 +61,7 @@ def sweep_keys() -> list[str]:
     from hydra.errors import HydraException
     from hydra.types import RunMode
 
-    from mnist_lit.checkpoint import read_sweep_record
+    from mnist_lit.runs.checkpoint import read_sweep_record
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return []

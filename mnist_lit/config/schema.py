@@ -20,7 +20,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from mnist_lit import CONF_DIR
-from mnist_lit.errors import UserError, unknown_key
+from mnist_lit.config.messages import unknown_key
+from mnist_lit.errors import UserError
 
 
 @dataclass
@@ -73,6 +74,7 @@ class ModelConfig:
 @dataclass
 class DistillModelConfig(ModelConfig):
     teacher: str = MISSING
+    load_teacher: Dict[str, Any] = MISSING  # noqa: UP006
     temperature: float = MISSING
     distill_weight: float = MISSING
 
@@ -86,7 +88,7 @@ class TrainConfig:
     callbacks: Any = field(default_factory=dict)
     logger: Any = field(default_factory=dict)
     seed: int = MISSING
-    # the speed layer, mnist_lit/fast.py
+    # the speed layer, mnist_lit/speed/grouped.py
     fast: bool = MISSING
     steps_per_execution: int = MISSING
     ckpt_path: str | None = None

@@ -1,6 +1,6 @@
 """Every Lightning internal that mnist-lit touches, in one place (tests/test_lightning_compat.py checks each).
 
-The grouped steps of mnist_lit/fast.py take several optimizer steps inside one Lightning batch, bypassing
+The grouped steps of mnist_lit/speed/grouped.py take several optimizer steps inside one Lightning batch, bypassing
 LightningOptimizer.step (four hook dispatches a step). Lightning must still count each of them: in
 `trainer.global_step` (checkpoint names, schedules, `max_steps`) and in the step its loggers write at.
 pyproject bounds lightning to the releases these were tested with.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import resource
 import subprocess
@@ -16,10 +15,11 @@ import lightning.pytorch as pl
 import torch
 
 from mnist_lit import __version__
-from mnist_lit.checkpoint import read_metrics
 from mnist_lit.errors import UserError
+from mnist_lit.runs.checkpoint import read_metrics
+from mnist_lit.runs.files import write_atomically
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_state() -> dict:
@@ -47,10 +47,8 @@ def device_name(trainer: pl.Trainer) -> str:
 
 def write_json_atomically(path: Path, data: dict) -> None:
     """A temporary name, then a rename: an interrupted write never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomically(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}. Choose a writable folder with "
                         "hydra.run.dir=<folder>.") from err
@@ -113,7 +111,7 @@ class RunRecord:
             "split_digest": getattr(self.datamodule, "split_digest", None),
             "trainable_params": sum(p.numel() for p in self.module.net.parameters() if p.requires_grad),
             "device": device_name(trainer),
-            # whether the grouped steps trained (mnist_lit.fast.GroupedSteps), or Lightning's standard path
+            # whether the grouped steps trained (mnist_lit.speed.grouped.GroupedSteps), or Lightning's standard path
             "fast": any(getattr(cb, "grouped", False) for cb in self.trainer.callbacks),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "gpu_peak_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)

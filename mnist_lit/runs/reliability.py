@@ -26,8 +26,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mnist_lit.callbacks import HostCopy
 from mnist_lit.errors import RunStopped, UserError, user_error_of
+from mnist_lit.reporting.callbacks import HostCopy
+from mnist_lit.runs.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +178,8 @@ class ResumeExactly(pl.Callback):
                 new.mkdir(parents=True, exist_ok=True)
                 best_k[str(new / Path(path).name)] = score
                 if not (new / Path(path).name).exists():
-                    tmp = new / f".{Path(path).name}.tmp"
-                    shutil.copy2(path, tmp)
-                    os.replace(tmp, new / Path(path).name)
+                    with open(path, "rb") as src:
+                        write_atomically(new / Path(path).name, lambda f, src=src: shutil.copyfileobj(src, f))
         if not best_k:
             return
         state.update(dirpath=str(new), best_k_models=best_k, last_model_path="",
@@ -216,18 +216,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)  # object stores: atomic puts
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:  # a second Ctrl-C mid-write too: no temporary file is left behind
-            tmp.unlink(missing_ok=True)
-            if not isinstance(err, OSError):
-                raise
+            write_atomically(path, lambda f: torch.save(checkpoint, f), sync=True)
+        except OSError as err:
             raise UserError(
                 f"could not write checkpoint {path}: {err.strerror or err}. Free some disk space or write "
                 "the run elsewhere (hydra.run.dir=<a writable folder>); the previous checkpoints are intact."

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_lit.allowlist import check_override
-from mnist_lit.checkpoint import SweepRecord, read_sweep_record
 from mnist_lit.errors import UserError
+from mnist_lit.runs.allowlist import check_override
+from mnist_lit.runs.checkpoint import SweepRecord, read_sweep_record
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lit_optuna.optuna_sweeper.OptunaSweeper"
-# how the sweeper tells a job its trial (hydra.job.env_set); read by mnist_lit/optuna_trial.py
+# how the sweeper tells a job its trial (hydra.job.env_set); read by mnist_lit/search/trial.py
 STORAGE_ENV, STUDY_ENV = "MNIST_LIT_OPTUNA_STORAGE", "MNIST_LIT_OPTUNA_STUDY"
 TRIAL_ENV = "MNIST_LIT_OPTUNA_TRIAL"
 # Hydra config groups a search's recorded overrides may pick an option of (options are ConfigStore names)
@@ -68,7 +68,7 @@ def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
     for override in kept:
         check_search_override(override, str(sweep_dir / "multirun.yaml"))
     flags = [a for a in args if a.startswith("-")]  # Hydra's argparse wants -m before the overrides
-    # resume=: the run-folder claim (mnist_lit/runs.py) lets a search continue in its own folder
+    # resume=: the run-folder claim (mnist_lit/runs/folders.py) lets a search continue in its own folder
     return [*flags, *kept, f"hydra.sweep.dir={sweep_dir}", f"resume={sweep_dir}",
             *(a for a in args if not a.startswith("-"))]
 

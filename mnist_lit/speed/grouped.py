@@ -11,7 +11,7 @@ and signals.
 What the grouped steps cannot do exactly as Lightning does it (mixed precision, gradient accumulation or
 clipping, several devices, a callback that acts on every batch, ...) is not refused: the run takes
 Lightning's standard path and says why in one log line. Lightning internals that the layer writes are in
-mnist_lit/lightning_compat.py.
+mnist_lit/speed/lightning_compat.py.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-from mnist_lit import lightning_compat as compat
-from mnist_lit.callbacks import HostCopy, TrainingCurve
 from mnist_lit.errors import UserError
 from mnist_lit.module import MNISTClassifier
+from mnist_lit.reporting.callbacks import HostCopy, TrainingCurve
+from mnist_lit.speed import lightning_compat as compat
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mnist_lit.checkpoint import read_recorded_overrides
-from mnist_lit.errors import UserError, explain_hydra_errors, report_user_errors
-from mnist_lit.runs import expand_sweep_resume, sweep_end_message  # hook: issue #13
+from mnist_lit.config.messages import explain_hydra_errors, report_user_errors
+from mnist_lit.errors import UserError
+from mnist_lit.runs.checkpoint import read_recorded_overrides
+from mnist_lit.runs.folders import expand_sweep_resume, sweep_end_message  # hook: issue #13
 
 
 def expand_resume(args: list[str]) -> list[str]:
@@ -21,7 +22,7 @@ def expand_resume(args: list[str]) -> list[str]:
         return args
     run_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
     if {"-m", "--multirun"} & set(args):  # [optuna hook] an Optuna search's folder: continue its study
-        from mnist_lit.study import resume_search
+        from mnist_lit.search.study import resume_search
 
         search = resume_search(run_dir, [a for i, a in enumerate(args) if i not in found])
         if search is not None:

@@ -2,7 +2,7 @@
 images) and where its scalars sit on TensorBoard's step axis.
 
 Every scalar and image is logged against optimizer steps (`trainer.global_step`): validation after the first
-epoch of the tutorial at step 1500, whether or not steps are grouped (mnist_lit/fast.py).
+epoch of the tutorial at step 1500, whether or not steps are grouped (mnist_lit/speed/grouped.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning").handlers.clear()  # its own handler would print everything twice
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
-    # a resumed run's own checkpoints (a folder holding another run's is refused before: mnist_lit/runs.py)
+    # a resumed run's own checkpoints (a folder holding another run's is refused before: mnist_lit/runs/folders.py)
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # under DDP: the module's epoch scores are torchmetrics' compute(), already reduced over the processes
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train|val|test)/")
@@ -114,7 +114,7 @@ class TrainingCurve(pl.Callback):
     """Every `trainer.log_every_n_steps` optimizer steps: the epoch's running training loss and accuracy so
     far (`train/loss_running`, `train/acc_running`) and the learning rate (`lr`), at that step.
 
-    Read from the module's on-device sums (one host read per point). The grouped steps of mnist_lit/fast.py
+    Read from the module's on-device sums (one host read per point). The grouped steps of mnist_lit/speed/grouped.py
     hand their points to `log_points` at the end of each group.
     """
 
@@ -204,7 +204,7 @@ class LogSampleDigits(pl.Callback):
         dm = trainer.datamodule
         if not tensorboards(trainer) or getattr(dm, "train_x", None) is None:
             return
-        from mnist_lit.plots import labelled_grid
+        from mnist_lit.reporting.plots import labelled_grid
 
         x, y = dm.train_x[: self.count], dm.train_y[: self.count].tolist()
         grid = labelled_grid(to_pixels(x, dm.normalize), [str(label) for label in y])
@@ -240,7 +240,7 @@ class LearningCurves(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.history:
-            from mnist_lit.plots import learning_curves_figure, save
+            from mnist_lit.reporting.plots import learning_curves_figure, save
 
             save(learning_curves_figure(self.history), self.path)
 
@@ -262,7 +262,7 @@ class LogTestImages(pl.Callback):
         dm = trainer.datamodule
         if not tensorboards(trainer) or getattr(dm, "test_x", None) is None:
             return
-        from mnist_lit.plots import confusion_matrix_image, labelled_grid
+        from mnist_lit.reporting.plots import confusion_matrix_image, labelled_grid
         from mnist_lit.scoring import evaluate_net
 
         result = evaluate_net(pl_module.net, dm.test_x, dm.test_y)
@@ -350,7 +350,7 @@ def log_params(trainer: pl.Trainer, cfg) -> None:
 def log_hparams(trainer: pl.Trainer, cfg, metric_names, sweep_keys=(), status: str = "completed") -> None:
     """Write the HPARAMS table; its metric columns read the scalars the run already logged.
 
-    The hparams a sweep varies (`sweep_keys`, mnist_lit.sweep.sweep_keys) are marked as differing:
+    The hparams a sweep varies (`sweep_keys`, mnist_lit.search.sweep.sweep_keys) are marked as differing:
     TensorBoard lists those first and shows them without a click (it shows five columns of a sweep's runs).
     A run that ended early (`status` pruned or diverged, as in metrics.json) is a failed session there:
     TensorBoard's status filter then leaves it out of a comparison of finished runs.

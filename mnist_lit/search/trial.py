@@ -12,7 +12,7 @@ import os
 
 import lightning.pytorch as pl
 
-from mnist_lit.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, storage
+from mnist_lit.search.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, storage
 
 
 class TrialPruned(Exception):

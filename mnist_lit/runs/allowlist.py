@@ -17,6 +17,9 @@ from mnist_lit.errors import UserError
 
 NETWORK_MODULE = "mnist_lit.model"
 
+CALLBACKS = ("LearningCurves", "LogSampleDigits", "LogTestImages", "NetworkSummary", "StepAxis", "StepProgressBar",
+             "TrainingCurve", "TutorialCharts")
+
 # Everything conf/ builds besides the networks (tests/test_security.py checks that conf/ uses nothing else);
 # a new option that builds another class adds it here
 SAFE_TARGETS = frozenset(
@@ -29,30 +32,25 @@ SAFE_TARGETS = frozenset(
     )]
     + [
         "mnist_lit.module.MNISTClassifier",
-        "mnist_lit.distill.DistillationClassifier",  # [cnn hook] conf/model/distill.yaml
+        "mnist_lit.distill.DistillationClassifier",
+        "mnist_lit.runs.checkpoint.load_run",  # conf/model/distill.yaml: the teacher, read as evaluate reads a run
         "mnist_lit.data.MNISTDataModule",
         "mnist_lit.augment.RandomAffine",
-        "mnist_lit.callbacks.LogSampleDigits",
+        "mnist_lit.digits.DigitsDataModule",
+        *[f"mnist_lit.reporting.callbacks.{name}" for name in CALLBACKS],
+        "mnist_lit.runs.folders.ClaimRunDir",  # conf/train.yaml's hydra.callbacks
+        # the names these classes had before the package was split into subpackages: runs trained then load
+        *[f"mnist_lit.callbacks.{name}" for name in CALLBACKS],
         "mnist_lit.plots.LearningCurves",
         "mnist_lit.plots.LogTestImages",
-        # conf/callbacks/default.yaml after the core split (main 4cc70ab); the old names above stay, so that
-        # runs trained before it still load
-        "mnist_lit.callbacks.LearningCurves",
-        "mnist_lit.callbacks.LogTestImages",
-        "mnist_lit.callbacks.NetworkSummary",
-        "mnist_lit.callbacks.StepAxis",
-        "mnist_lit.callbacks.StepProgressBar",
-        "mnist_lit.callbacks.TrainingCurve",
-        "mnist_lit.callbacks.TutorialCharts",
         "mnist_lit.errors.CheckRunDir",
-        "mnist_lit.runs.ClaimRunDir",  # conf/train.yaml's hydra.callbacks (#13)
+        "mnist_lit.runs.ClaimRunDir",
         "lightning.pytorch.Trainer",
     ]
     + [f"lightning.pytorch.callbacks.{name}" for name in (
         "ModelCheckpoint", "LearningRateMonitor", "RichModelSummary", "RichProgressBar", "ModelSummary",
         "TQDMProgressBar", "EarlyStopping",
     )]
-    # MLFlowLogger: conf/logger/mlflow.yaml [optuna branch hook]
     + [f"lightning.pytorch.loggers.{name}" for name in ("TensorBoardLogger", "CSVLogger", "MLFlowLogger")]
 )
 # OmegaConf resolvers that only read a value (an environment variable, Hydra's own config, the time);
@@ -65,10 +63,10 @@ SAFE_HYDRA_KEYS = frozenset({"hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.su
 WHY = (
     "mnist-lit builds from a run folder's files only its own networks (the nn.Module classes of "
     f"{NETWORK_MODULE}) and the optimizers, schedulers, data, callbacks and loggers of its conf/ "
-    "(mnist_lit/allowlist.py), because a run folder can come from anyone and building anything else "
+    "(mnist_lit/runs/allowlist.py), because a run folder can come from anyone and building anything else "
     "could run its code. Nothing was built or run. Use a run folder written by mnist_lit.train. If you "
     "wrote this yourself and trust it: give a recorded override again after resume=<run> (the command "
-    "line's value replaces it), or add a class of your own to SAFE_TARGETS in mnist_lit/allowlist.py"
+    "line's value replaces it), or add a class of your own to SAFE_TARGETS in mnist_lit/runs/allowlist.py"
 )
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -3,7 +3,7 @@
 The one way into a run folder: whatever reads its checkpoints, `.hydra/config.yaml` or recorded
 `.hydra/overrides.yaml` (evaluate, predict, export, a distillation teacher, `resume=`) goes through here, so
 nothing read from a run folder ever runs code: checkpoints are unpickled weights-only, YAML is read safely,
-and configs and overrides may name only the targets of mnist_lit/allowlist.py.
+and configs and overrides may name only the targets of mnist_lit/runs/allowlist.py.
 Every step turns the user's possible mistakes into a UserError that names the file and the fix:
 
 - `resolve_run_dir(path)`: a run folder (or `latest`), refusing sweep folders and folders that are no run;
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lit.allowlist import check_network, check_override, check_tree
 from mnist_lit.errors import UserError
+from mnist_lit.runs.allowlist import check_network, check_override, check_tree
 
 if TYPE_CHECKING:  # torch is imported where it is used: `resume=` refuses a hostile folder before it
     import torch
@@ -325,7 +325,7 @@ def read_recorded_overrides(run_dir: Path, replaced: Collection[str] = ()) -> li
 
 def build_net(cfg: DictConfig, source: str) -> nn.Module:
     """The network described by cfg.model.net (allowlisted by load_config), with fresh weights."""
-    from mnist_lit.building import build
+    from mnist_lit.config.building import build
 
     return build(cfg.model.net, f"model.net of {source}")
 

@@ -1,0 +1,222 @@
+"""A user's mistake as one paragraph that names the problem and the fix, no traceback: Hydra's composition
+errors, keys a config does not have, and the decorator that prints a UserError and exits 1."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from omegaconf import DictConfig
+
+from mnist_lit import CONF_DIR
+from mnist_lit.errors import UserError, user_error_of
+
+T = TypeVar("T")
+
+
+def whole_number(cfg: DictConfig, key: str, least: int, most: int | None = None) -> int:
+    """`cfg[key]` if it is a whole number in [least, most]; else a UserError saying what it must be."""
+    value = cfg.get(key)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole or value < least or (most is not None and value > most):
+        span = f"between {least} and {most}" if most is not None else f"at least {least}"
+        raise UserError(f"{key}={value!r} must be a whole number {span}.")
+    return value
+
+
+def report_user_errors(func: Callable[..., T]) -> Callable[..., T]:
+    """Print a UserError as one paragraph and exit 1; HYDRA_FULL_ERROR=1 shows the traceback instead."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:  # Ctrl-C outside training (loading, testing): nothing to save
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print("stopped: interrupted (Ctrl-C).", file=sys.stderr)
+            raise SystemExit(130) from None
+        except PermissionError as exc:  # a file or folder of the command's that this user may not open
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {exc.filename or 'a file'}: permission denied ({exc.strerror or exc}). Give this "
+                  "user access to it, or use another path.", file=sys.stderr)
+            raise SystemExit(1) from None
+        except Exception as exc:
+            err = user_error_of(exc)
+            if err is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"{err.label}: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_code) from None
+
+    return wrapper
+
+
+def explain_hydra_errors(entry: Callable[[], T], explain: Callable[[Exception], str | None] = lambda err: None
+                         ) -> Callable[[], T]:
+    """`entry` (a `@hydra.main` function) reporting in one paragraph what Hydra would print in several lines
+    or as a traceback: a command line it cannot compose, a sweeper's refusal, and what `explain` explains
+    (how a sweep ended: mnist_lit.runs.folders.sweep_end_message).
+
+    Hydra prints an unknown key, an unknown option, a value of the wrong type or an override it cannot parse
+    in several lines that end in advice about HYDRA_FULL_ERROR, and for a misspelt key it suggests
+    `+key=...`, which the schema then refuses. The one read of Hydra's internals: its `hydra.main` calls
+    `hydra._internal.utils.run_and_report` around composing the config and running the job
+    (tests/test_errors.py fails if that changes).
+    """
+
+    @functools.wraps(entry)
+    def wrapper():
+        from hydra._internal import utils
+
+        report = utils.run_and_report
+        utils.run_and_report = lambda func: report(lambda: _explained(func, explain))
+        try:
+            return entry()
+        finally:
+            utils.run_and_report = report
+
+    return wrapper
+
+
+def _explained(func: Callable[[], T], explain: Callable[[Exception], str | None]) -> T:
+    from hydra.errors import CompactHydraException
+
+    try:
+        return func()
+    except Exception as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = explain(err)
+        if message is None and not _in_job(err):
+            if _composing(err):
+                message = composition_message(err, sys.argv)
+            elif isinstance(err, CompactHydraException):  # a sweeper's refusal: its message is the paragraph
+                message = str(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _in_job(err: Exception) -> bool:
+    """Whether `err` was raised in a job this process ran (Hydra's run_job is among its frames)."""
+    import traceback
+
+    return any(frame.name == "run_job" for frame in traceback.extract_tb(err.__traceback__))
+
+
+def _composing(err: Exception) -> bool:
+    """Whether `err` (from outside a job) comes from composing the config: Hydra's composition errors, or any
+    error raised in Hydra's and OmegaConf's own code alone (`data=null`)."""
+    import traceback
+
+    import hydra
+    import omegaconf
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    frames = traceback.extract_tb(err.__traceback__)
+    if isinstance(err, (ConfigCompositionException, OverrideParseException)):
+        return True
+    theirs = (str(Path(hydra.__file__).parent), str(Path(omegaconf.__file__).parent), __file__)
+    return all(frame.filename.startswith(theirs) for frame in frames)
+
+
+def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
+    """A UserError for a key of `cfg` that conf/<config_name>.yaml does not have: evaluate, predict and export
+    read only their own keys, so one added with `+` (a misspelt one) would be ignored without a word."""
+    from omegaconf import OmegaConf
+
+    def walk(node: DictConfig, known: DictConfig, prefix: str) -> None:
+        for key in node:
+            name = f"{prefix}{key}"
+            if key not in known:
+                raise UserError(unknown_key(f"+{name}", name, known, f"python -m mnist_lit.{config_name}"))
+            if isinstance(node[key], DictConfig) and isinstance(known[key], DictConfig):
+                walk(node[key], known[key], f"{name}.")
+
+    own = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
+    for composing in ("defaults", "hydra"):  # Hydra's, not the command's
+        own.pop(composing, None)
+    walk(cfg, own, "")
+
+
+def unknown_key(override: str, full_key: str, parent, command: str = "python -m mnist_lit.train") -> str:
+    """`override` names `full_key`, which `parent` (its DictConfig) does not have: the likely key, the keys
+    there, and `+key=` where an object takes arguments its config does not list (the optimizer's)."""
+    import difflib
+    from dataclasses import is_dataclass
+
+    from omegaconf import OmegaConf
+
+    where, _, key = full_key.rpartition(".")
+    keys = [str(k) for k in parent if str(k) != "hydra" and not str(k).startswith("_")]
+    message = f"{override}: {where or 'the config'} has no key {key!r}"
+    close = difflib.get_close_matches(key, keys, n=1)
+    if close:
+        message += f" (did you mean {where + '.' if where else ''}{close[0]}?)"
+    message += f"; it has {', '.join(keys)}."
+    if "_target_" in parent and not is_dataclass(OmegaConf.get_type(parent)) and not override.startswith("+"):
+        message += f" To pass one it does not set yet, add it with +{override}."
+    return message + f" {command} --cfg job prints the whole config."
+
+
+def composition_message(err: Exception, argv: list[str]) -> str:
+    """What is wrong with the command line `argv` that Hydra could not compose (`err`), and the fix."""
+    import re
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    command = f"python -m mnist_lit.{Path(argv[0]).stem}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, OverrideParseException):
+        return (f"cannot read the override {err.override!r}: {lines[0] if lines else 'bad syntax'}. In the "
+                "shell, quote an override that has brackets, commas or spaces, e.g. "
+                "'model.net.hidden_sizes=[256,128]'; the syntax: "
+                "https://hydra.cc/docs/advanced/override_grammar/basic/")
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and err.options:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return (f"{group}={name}: {group} has no option {name!r}; choose one of: {', '.join(err.options)}. "
+                f"{command} --help lists every group and its options.")
+    cause = err.__cause__
+    full_key, parent = getattr(cause, "full_key", None), getattr(cause, "parent_node", None)
+    first = lines[0] if lines else type(err).__name__
+    if first.startswith("Could not override") and full_key and isinstance(parent, DictConfig):
+        override = next((a for a in argv[1:] if a.split("=", 1)[0] == full_key), f"{full_key}=...")
+        return unknown_key(override, str(full_key), parent, command)
+    if first.startswith("Error merging override") and cause is not None:
+        override = first.removeprefix("Error merging override").strip()
+        reason = str(cause).splitlines()[0].rstrip(".")
+        message = f"{override}: {reason}."
+        key = str(full_key).rpartition(".")[2]
+        if isinstance(parent, DictConfig) and key in parent:
+            try:
+                value = parent[key]
+                if isinstance(value, ListConfig):
+                    value = OmegaConf.to_container(value)
+            except Exception:  # an interpolation that cannot be resolved here: show nothing
+                value = None
+            shown = "" if value is None or isinstance(value, DictConfig) else str(value).replace(" ", "")
+            if shown and len(shown) <= 40:
+                message += f" For comparison, the config's own value: {full_key}={shown}."
+        return message + f" {command} --cfg job prints the whole config."
+    no_group = re.match(r"Could not override '(\S+)'\. No match in the defaults list", " ".join(lines))
+    if no_group:  # evaluate's model/net=cnn: a group of train's, where evaluate reads the run's own config
+        group = no_group.group(1)
+        return (f"{group}=...: {command} has no config group {group} to choose (a run's network and data "
+                f"come from its own config). {command} --help lists what it takes.")
+    chosen = re.match(r"Multiple values for (\S+)\.|(\S+) appears more than once in the final", first)
+    if chosen:  # `+group=option` for a group the config has chosen already
+        group = chosen.group(1) or chosen.group(2)
+        return (f"+{group}=...: {group} has an option already; choose another with {group}=<option>, "
+                f"without the +. {command} --help lists the options.")
+    details = [line for line in lines if not line.startswith(("full_key:", "reference_type", "object_type"))]
+    if cause is not None and str(cause):
+        details.append(str(cause).splitlines()[0])
+    return (f"the command line cannot be made into a config: {' '.join(details).rstrip('.')}. Check the "
+            f"overrides; {command} --help lists the groups and their options.")

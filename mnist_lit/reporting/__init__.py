@@ -1,0 +1,1 @@
+"""What a run shows: callbacks (progress, curves, images, the step axis), TensorBoard HPARAMS, figures."""
