@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from mnist_lit.config.messages import report_user_errors
+from mnist_lit.config.overrides import override_key
 from mnist_lit.errors import UserError
 from mnist_lit.runs.allowlist import check_override
 from mnist_lit.search.space import to_override
@@ -47,10 +48,7 @@ def parse_args(argv: list[str]) -> tuple[Path, int, int, Path | None, list[str]]
 
 def trial_overrides(search_overrides: list[str], params: dict) -> list[str]:
     """The search's command-line overrides (sweep ones and DROPPED removed) and the trial's parameters."""
-    def key(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
-
-    kept = [o for o in search_overrides if key(o) not in DROPPED and key(o) not in params]
+    kept = [o for o in search_overrides if override_key(o) not in DROPPED and override_key(o) not in params]
     return kept + [to_override(k, v) for k, v in params.items()]
 
 

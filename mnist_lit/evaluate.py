@@ -10,13 +10,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 from omegaconf import DictConfig
 
+from mnist_lit.cli.entry import command
 from mnist_lit.config.messages import (
-    explain_hydra_errors,
     refuse_added_keys,
-    report_user_errors,
     whole_number,
 )
 from mnist_lit.errors import UserError
@@ -133,11 +131,10 @@ def evaluate(cfg: DictConfig) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-@report_user_errors
+@command("evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
 if __name__ == "__main__":
-    explain_hydra_errors(main)()
+    main()

@@ -16,15 +16,13 @@ import json
 import warnings
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from mnist_lit.cli.entry import command
 from mnist_lit.config.messages import (
-    explain_hydra_errors,
     refuse_added_keys,
-    report_user_errors,
     whole_number,
 )
 from mnist_lit.errors import UserError
@@ -186,11 +184,10 @@ def export(cfg: DictConfig) -> dict:
     return check
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-@report_user_errors
+@command("export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 
 
 if __name__ == "__main__":
-    explain_hydra_errors(main)()
+    main()

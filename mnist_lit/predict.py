@@ -14,14 +14,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, ListConfig
 
+from mnist_lit.cli.entry import command
 from mnist_lit.config.messages import (
-    explain_hydra_errors,
     refuse_added_keys,
-    report_user_errors,
     whole_number,
 )
 from mnist_lit.errors import UserError
@@ -203,8 +201,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-@report_user_errors
+@command("predict")
 def main(cfg: DictConfig) -> None:
     results = predict(cfg)
     failed = sum(r.error is not None for r in results)
@@ -214,4 +211,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    explain_hydra_errors(main)()
+    main()

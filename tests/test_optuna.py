@@ -238,7 +238,8 @@ def test_confirm_refuses_a_folder_without_a_search(tmp_path, capsys):
 
 def test_resume_repeats_only_plain_search_overrides(tmp_path):
     from mnist_lit.errors import UserError
-    from mnist_lit.search.study import SWEEPER_TARGET, resume_search
+    from mnist_lit.cli.resume import expand_resume
+    from mnist_lit.search.study import SWEEPER_TARGET, search_resume
 
     def folder(hydra_overrides, task_overrides):
         hydra = {"sweeper": {"_target_": SWEEPER_TARGET},
@@ -248,7 +249,7 @@ def test_resume_repeats_only_plain_search_overrides(tmp_path):
 
     sweep = folder(["hydra.mode=MULTIRUN", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4",
                     f"hydra.sweep.dir={tmp_path}/old"], ["hparams_search=optuna", "data.batch_size=64"])
-    assert resume_search(sweep, ["-m", "data.batch_size=32"]) == [
+    assert expand_resume(["-m", f"resume={sweep}", "data.batch_size=32"]) == [
         "-m", "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=4", "hparams_search=optuna",
         f"hydra.sweep.dir={sweep}", f"resume={sweep}", "data.batch_size=32"]
     # a folder may come from anyone: no targets, no other Hydra settings, no interpolations
@@ -257,8 +258,9 @@ def test_resume_repeats_only_plain_search_overrides(tmp_path):
                                             (["hydra.sweeper.storage=${oc.env:HOME}"], []),
                                             ([], ["+callbacks.x._target_=runpy.run_path"])]:
         with pytest.raises(UserError, match="refused"):
-            resume_search(folder(hydra_overrides, task_overrides), ["-m"])
-    assert resume_search(tmp_path / "elsewhere", ["-m"]) is None  # no search there: a grid sweep's resume
+            search_resume(folder(hydra_overrides, task_overrides), ["-m"])
+    with pytest.raises(UserError, match="not a sweep folder"):  # no search there: a grid sweep's resume
+        expand_resume(["-m", f"resume={tmp_path / 'elsewhere'}"])
 
 
 @pytest.mark.slurm

@@ -21,7 +21,8 @@ from conftest import PROJECT, SYNTHETIC_OVERRIDES, compose, run_cli
 from omegaconf import OmegaConf
 
 from mnist_lit.errors import RunStopped, UserError
-from mnist_lit.runs.folders import expand_sweep_resume, prepare_attempt
+from mnist_lit.cli.resume import expand_resume
+from mnist_lit.runs.folders import prepare_attempt
 
 TESTS = Path(__file__).resolve().parent
 ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(PROJECT), str(TESTS)])}
@@ -230,11 +231,11 @@ def test_sweep_resume_expands_to_the_sweeps_own_overrides(tmp_path):
     OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {
         "hydra": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweep.dir=old"],
         "task": ["seed=1,2,3", "data.root=/data", "resume=older"]}}}), sweep / "multirun.yaml")
-    args = expand_sweep_resume(["-m", f"resume={sweep}", "hydra/launcher=basic"])
+    args = expand_resume(["-m", f"resume={sweep}", "hydra/launcher=basic"])
     assert args == ["-m", "hydra.launcher.n_jobs=2", "seed=1,2,3", "data.root=/data",
                     f"hydra.sweep.dir='{sweep}'", f"resume='{sweep}'", "hydra/launcher=basic"]
     with pytest.raises(UserError, match="takes only hydra options .* not seed=4"):
-        expand_sweep_resume(["-m", f"resume={sweep}", "seed=4"])
+        expand_resume(["-m", f"resume={sweep}", "seed=4"])
     # a sweep folder may come from anyone: what its recorded overrides would run is refused, unless given
     # again on the command line; of Hydra's options only the launcher and its resources are repeated
     cases = ((["hydra.launcher.setup=[touch,x]"], []), ([], ["+callbacks.x._target_=os.system"]),
@@ -243,11 +244,11 @@ def test_sweep_resume_expands_to_the_sweeps_own_overrides(tmp_path):
         overrides = {"hydra": recorded, "task": ["seed=1", *refused]}
         OmegaConf.save(OmegaConf.create({"hydra": {"overrides": overrides}}), sweep / "multirun.yaml")
         with pytest.raises(UserError, match=r"multirun.yaml: .*refused"):
-            expand_sweep_resume(["-m", f"resume={sweep}"])
-    assert "+model.net._target_=os.system,os.popen" in expand_sweep_resume(
+            expand_resume(["-m", f"resume={sweep}"])
+    assert "+model.net._target_=os.system,os.popen" in expand_resume(
         ["-m", f"resume={sweep}", "+model.net._target_=os.system,os.popen"])
     with pytest.raises(UserError, match="not a sweep folder"):
-        expand_sweep_resume(["-m", f"resume={tmp_path}"])
+        expand_resume(["-m", f"resume={tmp_path}"])
 
 
 @pytest.mark.slow

@@ -373,7 +373,7 @@ def test_networks_are_the_nn_modules_of_mnist_lit_model(monkeypatch):
 def test_resume_with_a_trusted_target_given_again(synthetic_run, tmp_path):
     """A target the user trusts (their own callback) is given again after resume=: the recorded line is then
     left out, unchecked and unused; one of another key is still refused."""
-    from mnist_lit.cli.entry import expand_resume
+    from mnist_lit.cli.resume import expand_resume
 
     run = copy_run(synthetic_run, tmp_path)
     overrides = run / ".hydra" / "overrides.yaml"

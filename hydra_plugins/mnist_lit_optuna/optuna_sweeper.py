@@ -120,7 +120,7 @@ class OptunaSweeper(Sweeper):
         from mnist_lit.errors import RunStopped
         from mnist_lit.search.space import to_override
         from mnist_lit.search.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
-        from mnist_lit.search.sweep import TrialPruned
+        from mnist_lit.search.sweep import JobPruned
 
         batches = []  # job folder = trial number: consecutive numbers go to the launcher together
         for trial in trials:
@@ -143,7 +143,7 @@ class OptunaSweeper(Sweeper):
             try:
                 with contextlib.redirect_stderr(said):
                     value = ret.return_value  # raises the job's error
-            except TrialPruned:
+            except JobPruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 continue
             except RunStopped as err:  # Ctrl-C (keep_sweeping lets only "interrupted" through)

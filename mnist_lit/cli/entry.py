@@ -1,50 +1,62 @@
-"""Command-line plumbing around the Hydra entry points: `resume=<run dir>` and the fast exit after a run."""
+"""The entry of every Hydra command: `@command("<config name>")` over a function of the composed config.
+
+It composes the config with Hydra (the schema registered first), reports a user's mistake in one paragraph
+with exit code 1 (a command line Hydra cannot compose included), and, after a single run that completed,
+exits without the interpreter's slow teardown. A command that trains (`trains=True`) also takes
+`resume=<folder>` (mnist_lit/cli/resume.py), and in a sweep each of its jobs continues its own earlier
+attempt, and fails alone without ending the sweep.
+"""
 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
+import hydra
+from omegaconf import DictConfig
+
+from mnist_lit import CONF_DIR
+from mnist_lit.cli.resume import expand_resume
+from mnist_lit.config import schema
 from mnist_lit.config.messages import explain_hydra_errors, report_user_errors
-from mnist_lit.errors import UserError
-from mnist_lit.runs.checkpoint import read_recorded_overrides
-from mnist_lit.runs.folders import expand_sweep_resume, sweep_end_message  # hook: issue #13
+from mnist_lit.runs.folders import continue_attempts, sweep_end_message
+from mnist_lit.search.sweep import keep_sweeping
+
+# in the command's process, and in a launcher's worker process, which imports this module to run a job
+schema.register()
 
 
-def expand_resume(args: list[str]) -> list[str]:
-    """`resume=<run dir>` on the command line -> that run's own overrides, its folder as the run dir and its
-    last.ckpt, then this command's other arguments (which win). Hydra then records the whole config."""
-    found = [i for i, a in enumerate(args) if a.startswith("resume=")]
-    if not found:
-        return args
-    run_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
-    if {"-m", "--multirun"} & set(args):  # [optuna hook] an Optuna search's folder: continue its study
-        from mnist_lit.search.study import resume_search
+def command(config_name: str, trains: bool = False) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
+    """`python -m mnist_lit.<command> [overrides]`: the decorated function runs once per job."""
 
-        search = resume_search(run_dir, [a for i, a in enumerate(args) if i not in found])
-        if search is not None:
-            return search
-        return expand_sweep_resume(args)  # #13: a grid sweep's folder: rerun its unfinished jobs
-    if (run_dir / "multirun.yaml").is_file():
-        raise UserError(f"resume={run_dir} is a sweep's folder: continue the sweep with python -m "
-                        f"mnist_lit.train -m resume={run_dir} (or a job of it alone, without -m).")
-    last = run_dir / "checkpoints" / "last.ckpt"
+    def decorate(task: Callable[[DictConfig], object]) -> Callable[[], None]:
+        job = report_user_errors(keep_sweeping(continue_attempts(task)) if trains else task)
+        finished = []
 
-    def key(arg: str) -> str:
-        return arg.split("=", 1)[0].lstrip("+~")
+        @functools.wraps(task)
+        def run_job(cfg: DictConfig):
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.types import RunMode
 
-    ours = [f"hydra.run.dir='{run_dir}'", f"ckpt_path='{last}'", f"resume='{run_dir}'"]
-    rest = [a for i, a in enumerate(args) if i not in found]
-    given = {key(a) for a in ours + rest if "=" in a}
-    # the run's own overrides, less those given again here; refused if one could run code
-    kept = read_recorded_overrides(run_dir, replaced=given)
-    if not last.is_file():
-        raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
-                        "first checkpoint, or ran with callbacks=none): start it again instead.")
-    return kept + ours + rest
+            result = job(cfg)
+            finished.append(HydraConfig.get().mode == RunMode.RUN)
+            return result
+
+        composed = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(run_job)
+
+        def main() -> None:
+            if trains:
+                report_user_errors(lambda: sys.argv.__setitem__(slice(1, None), expand_resume(sys.argv[1:])))()
+            explain_hydra_errors(composed, sweep_end_message)()  # errors: SystemExit with their own code
+            if finished == [True]:
+                exit_without_teardown()
+
+        return main
+
+    return decorate
 
 
 def exit_without_teardown() -> None:
@@ -60,11 +72,3 @@ def exit_without_teardown() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def run(main: Callable[[], object], single_run_done: Callable[[], bool]) -> None:
-    """`python -m mnist_lit.train ...`: expand resume=, run Hydra's main, and leave at once after a single run."""
-    report_user_errors(lambda: sys.argv.__setitem__(slice(1, None), expand_resume(sys.argv[1:])))()
-    explain_hydra_errors(main, sweep_end_message)()  # errors: SystemExit with their own code (usual teardown)
-    if single_run_done():
-        exit_without_teardown()

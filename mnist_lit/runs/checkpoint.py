@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lit.config.overrides import override_key
 from mnist_lit.errors import UserError
 from mnist_lit.runs.allowlist import check_network, check_override, check_tree
 
@@ -317,7 +318,7 @@ def read_recorded_overrides(run_dir: Path, replaced: Collection[str] = ()) -> li
     if not isinstance(recorded, list):
         raise UserError(f"the run's recorded overrides {path} are not a list of overrides. Restore the file "
                         "from the original run, or start the run again.")
-    kept = [o for o in recorded if not (isinstance(o, str) and o.split("=", 1)[0].lstrip("+~") in replaced)]
+    kept = [o for o in recorded if not (isinstance(o, str) and override_key(o) in replaced)]
     for override in kept:
         check_override(override, str(path))
     return kept

@@ -11,7 +11,8 @@
 - On SLURM through submitit: the preemption/time-limit signal (SIGUSR2) stops training like SIGTERM, at a
   step boundary with a resumable checkpoint, and then submitit requeues the job; Lightning's own SLURM
   auto-requeue (which would also catch the signals, and loads its checkpoints with pickles) is switched off.
-- `expand_sweep_resume`: `-m resume=<sweep dir>` -> the sweep's own overrides, launcher and folder.
+- `run_resume` and `sweep_resume`: what `resume=` means for a run's folder and a grid sweep's
+  (mnist_lit/cli/resume.py chooses).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any, NoReturn, TypeVar
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from mnist_lit.config.overrides import override_key
 from mnist_lit.errors import RunStopped, UserError
 from mnist_lit.runs.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
-from mnist_lit.runs.checkpoint import first_sentence, read_metrics, read_sweep_record
+from mnist_lit.runs.checkpoint import first_sentence, read_metrics, read_recorded_overrides, read_sweep_record
 from mnist_lit.runs.files import unwritable
 
 log = logging.getLogger(__name__)
@@ -356,10 +358,6 @@ def cluster_plugins() -> list:
 
 # ------------------------------------------------------------------------------------------ sweep resume
 
-def _key(arg: str) -> str:
-    return arg.split("=", 1)[0].lstrip("+~")
-
-
 # the recorded Hydra options a resumed sweep repeats: the launcher and its resources. Others (a launcher's
 # `setup` lines, `_target_`s, callbacks, search paths) could run code, and a sweep folder may come from anyone
 LAUNCHER_GROUPS = {"hydra/launcher", "hydra/sweeper", "hydra.mode"}
@@ -376,7 +374,7 @@ def check_recorded(override: str, source: str) -> None:
     a sweep; for Hydra's options, only the launcher and its resources)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    key = _key(override)
+    key = override_key(override)
     if key.split("/")[0].split(".")[0] == "hydra":
         value = override.split("=", 1)[1] if "=" in override else ""
         resource = key.removeprefix("hydra.launcher.") in LAUNCHER_KEYS
@@ -393,29 +391,41 @@ def check_recorded(override: str, source: str) -> None:
         check_override(f"{parsed.get_key_element()}={value}", source)
 
 
-def expand_sweep_resume(args: list[str]) -> list[str]:
-    """`-m resume=<sweep dir> [hydra overrides]` of a grid sweep (an Optuna search continues its study:
-    mnist_lit.search.study) -> the sweep's own overrides (from its multirun.yaml), its launcher and its folder, then
-    this command's hydra overrides (which win, e.g. another launcher)."""
-    found = [i for i, a in enumerate(args) if a.startswith("resume=")]
-    if not found:
-        return args
-    sweep_dir = Path(args[found[-1]].split("=", 1)[1]).expanduser()
+def run_resume(run_dir: Path, rest: list[str]) -> list[str]:
+    """`resume=<run dir>` -> that run's own overrides, its folder as the run dir and its last.ckpt, then this
+    command's other arguments `rest` (which win). Hydra then records the whole config."""
+    if (run_dir / "multirun.yaml").is_file():
+        raise UserError(f"resume={run_dir} is a sweep's folder: continue the sweep with python -m "
+                        f"mnist_lit.train -m resume={run_dir} (or a job of it alone, without -m).")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ours = [f"hydra.run.dir='{run_dir}'", f"ckpt_path='{last}'", f"resume='{run_dir}'"]
+    given = {override_key(a) for a in ours + rest if "=" in a}
+    # the run's own overrides, less those given again here; refused if one could run code
+    kept = read_recorded_overrides(run_dir, replaced=given)
+    if not last.is_file():
+        raise UserError(f"resume={run_dir}: the run has no checkpoints/last.ckpt (it stopped before its "
+                        "first checkpoint, or ran with callbacks=none): start it again instead.")
+    return kept + ours + rest
+
+
+def sweep_resume(sweep_dir: Path, rest: list[str]) -> list[str]:
+    """`-m resume=<sweep dir> [hydra overrides]` of a grid sweep -> the sweep's own overrides (from its
+    multirun.yaml), its launcher and its folder, then `rest`, this command's hydra overrides (which win, e.g.
+    another launcher). Hydra then reruns the jobs; each continues its own earlier attempt."""
     record = read_sweep_record(sweep_dir)
     if record is None:
         raise UserError(f"resume={sweep_dir}: not a sweep folder (no multirun.yaml). Pass the folder of the "
                         "sweep to continue (logs/train/multiruns/<date_time>); for a single run, drop -m.")
     hydra_overrides, task_overrides = record.hydra_overrides, record.task_overrides
-    rest = [a for i, a in enumerate(args) if i not in found]
     changed = [a for a in rest
-               if "=" in a and not _key(a).startswith("hydra") and a not in task_overrides]
+               if "=" in a and not override_key(a).startswith("hydra") and a not in task_overrides]
     if changed:
         raise UserError(f"-m resume={sweep_dir} reruns the sweep's unfinished jobs with the sweep's own "
                         f"overrides; it takes only hydra options (e.g. hydra/launcher=joblib) and the "
                         f"sweep's own overrides, not {' '.join(changed)}. Start a new sweep to change them.")
     ours = [f"hydra.sweep.dir='{sweep_dir}'", f"resume='{sweep_dir}'"]
-    given = {_key(a) for a in ours + rest if "=" in a}
-    kept = [o for o in hydra_overrides + task_overrides if _key(o) not in given]
+    given = {override_key(a) for a in ours + rest if "=" in a}
+    kept = [o for o in hydra_overrides + task_overrides if override_key(o) not in given]
     for override in kept:  # those given again on this command line are the user's own: not checked
         check_recorded(override, str(sweep_dir / "multirun.yaml"))
     flags = [a for a in rest if a.startswith("-")]  # Hydra's parser wants its flags before the overrides

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import platform
 import resource
 import subprocess
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning
@@ -18,6 +22,9 @@ from mnist_lit import __version__
 from mnist_lit.errors import UserError
 from mnist_lit.runs.checkpoint import read_metrics
 from mnist_lit.runs.files import write_atomically
+from mnist_lit.runs.reliability import Interrupted, end_early, last_checkpoint_path
+
+log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,17 +75,61 @@ def final_metrics(trainer: pl.Trainer, module: pl.LightningModule, prefixes=("tr
 
 
 class RunRecord:
-    """Writes `<out_dir>/metrics.json` for a run (on the global-zero process only)."""
+    """Writes `<out_dir>/metrics.json` for a run (on the global-zero process only), however it ends.
 
-    def __init__(self, out_dir: Path, cfg, trainer: pl.Trainer, datamodule, module: pl.LightningModule):
+    `report(metrics, status)` shows a run that ended (completed, pruned or diverged) elsewhere too: the
+    recipe passes TensorBoard's HPARAMS table.
+    """
+
+    def __init__(self, out_dir: Path, cfg, trainer: pl.Trainer, datamodule, module: pl.LightningModule,
+                 report: Callable[[dict, str], None] = lambda metrics, status: None):
         self.path = Path(out_dir) / "metrics.json"
         self.cfg, self.trainer, self.datamodule, self.module = cfg, trainer, datamodule, module
+        self.report, self.start, self.fit_seconds = report, time.perf_counter(), 0.0
         # a resumed run (resume=, or a sweep job continuing its earlier attempt: ckpt_path) goes on from what
         # its earlier attempts recorded here: metrics (resumed after its last epoch it trains nothing new)
         # and fit time. A ckpt_path= run in a new folder finds nothing recorded.
         recorded = read_metrics(Path(out_dir)) if cfg.get("resume") or cfg.get("ckpt_path") else {}
         self.previous = dict(recorded.get("metrics") or {})
         self.previous_fit = recorded.get("fit_seconds") or 0.0
+        self.metrics = dict(self.previous)
+
+    @contextlib.contextmanager
+    def ending_cleanly(self, stop):
+        """Around fit and test: a run that stops early (a signal, divergence, a pruner, an error) writes how
+        it ended into metrics.json, and raises what the user should see (reliability.end_early)."""
+        self.start = time.perf_counter()
+        try:
+            yield
+        except BaseException as err:
+            end_early(err, stop, self, time.perf_counter() - self.start)
+            raise
+
+    def fitted(self, stop) -> None:
+        """After fit: a signal during the last validation stops here, the training complete and saved."""
+        if stop.signum is not None:
+            path = last_checkpoint_path(self.trainer)
+            if not path.is_file():  # no checkpoint callback saved it (callbacks=none): the training is kept
+                self.trainer.save_checkpoint(path, weights_only=False)
+            raise Interrupted(stop.signum, str(path))
+        self.fit_seconds = time.perf_counter() - self.start
+        self.metrics = self.previous | self.fit_metrics()
+
+    def tested(self) -> None:
+        self.metrics |= final_metrics(self.trainer, self.module, prefixes=("test/",))
+
+    def fit_metrics(self) -> dict:
+        return final_metrics(self.trainer, self.module)
+
+    def complete(self) -> dict:
+        """Write the completed run's record, and say in one line how it did."""
+        result = self.write("completed", self.fit_seconds, self.metrics)
+        if self.trainer.is_global_zero:
+            tested = (f"test/acc {result['test_acc']:.4f}  test/loss {result['test_loss']:.4f}"
+                      if result["test_acc"] is not None else "not tested (test=false)")
+            log.info("%s  best val/acc %.4f  fit %.1f s  -> %s", tested, result["best_val_acc"] or float("nan"),
+                     self.fit_seconds, self.path.parent)
+        return result
 
     @property
     def best_checkpoint(self) -> str | None:
@@ -93,7 +144,8 @@ class RunRecord:
             return str(own)
         return str(recorded) if recorded.is_file() else None
 
-    def write(self, status: str, fit_seconds: float, metrics: dict, **extra) -> dict:
+    def write(self, status: str, fit_seconds: float, metrics: dict, shown: dict | None = None, **extra) -> dict:
+        """metrics.json with `status`; `shown` (else `metrics`) goes to `report` for a run that ended."""
         trainer = self.trainer
         record = {
             "status": status,
@@ -127,4 +179,6 @@ class RunRecord:
         }
         if trainer.is_global_zero:
             write_json_atomically(self.path, record)
+        if status in ("completed", "pruned", "diverged"):
+            self.report(metrics if shown is None else shown, status)
         return record

@@ -41,8 +41,16 @@ class Interrupted(Exception):
         self.signum, self.checkpoint = signum, checkpoint
 
 
-class Diverged(Exception):
+class Ended(Exception):
+    """A run that a rule of its own stopped for good (not resumed): its `status` goes into metrics.json."""
+
+    status = "ended"
+
+
+class Diverged(Ended):
     """The training loss became NaN, infinite or huge."""
+
+    status = "diverged"
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:
@@ -225,13 +233,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from err
 
 
-def end_early(err: BaseException, stop: StopOnSignal, record, fit_seconds: float, lr, resume: str) -> None:
+def continue_command() -> str:
+    """How to continue this run: a sweep's job (or search trial) with the whole sweep, the others alone."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"-m resume={Path(hydra_cfg.runtime.cwd, hydra_cfg.sweep.dir)}"
+    return f"resume={hydra_cfg.runtime.output_dir}"
+
+
+def end_early(err: BaseException, stop: StopOnSignal, record, fit_seconds: float) -> None:
     """Write metrics.json for a run that did not complete and raise what the user should see.
 
     Interrupted (a signal): status "interrupted" and how to resume; diverged: status "diverged" with the best
-    checkpoint kept; anything else: status "failed", and the error itself goes on.
+    checkpoint kept; pruned by a search: status "pruned", exit 0; anything else: status "failed", and the
+    error itself goes on.
     """
     trainer = record.trainer
+    if isinstance(err, Ended) and err.status != "diverged":  # a search's pruner: an ended trial, not a failure
+        record.write(err.status, fit_seconds, record.fit_metrics(), **{err.status: str(err)})
+        raise RunStopped(f"{err} (metrics.json: status {err.status})", err.status, 0) from None
     if isinstance(err, Interrupted) or (isinstance(err, SystemExit) and stop.signum is not None):
         # SystemExit: Lightning's own stop after a second Ctrl-C, or its SIGTERM check at an epoch end
         checkpoint = err.checkpoint if isinstance(err, Interrupted) else str(last_checkpoint_path(trainer))
@@ -245,13 +268,26 @@ def end_early(err: BaseException, stop: StopOnSignal, record, fit_seconds: float
         raise RunStopped(
             f"interrupted by {name} in epoch {trainer.current_epoch} after {trainer.global_step} optimizer "
             f"steps; saved the resumable checkpoint {checkpoint} (metrics.json: status interrupted). Continue "
-            f"the run with: python -m mnist_lit.train {resume}", "interrupted", code) from None
+            f"the run with: python -m mnist_lit.train {continue_command()}", "interrupted", code) from None
     if isinstance(err, Diverged):
-        record.write("diverged", fit_seconds, {}, error=str(err))
+        record.write("diverged", fit_seconds, {}, error=str(err), shown=record.fit_metrics())
         best = record.best_checkpoint
         kept = f"The best checkpoint so far is kept: {best}" if best else "No epoch finished: no checkpoint"
         raise RunStopped(f"{err}; stopped (metrics.json: status diverged). {kept}. Lower the learning rate "
-                         f"(model.optimizer.lr={lr}; the tutorial's is 1e-3).", "diverged") from None
+                         f"(model.optimizer.lr={record.cfg.model.optimizer.get('lr')}; the tutorial's is 1e-3).", "diverged") from None
     if isinstance(err, Exception):
         with contextlib.suppress(Exception):  # the error itself is what the user must see
             record.write("failed", fit_seconds, {}, error=str(user_error_of(err) or repr(err)))
+
+
+def run_callbacks(stop: StopOnSignal) -> list[pl.Callback]:
+    """Not options: whatever the config, a run that stops early keeps its work and resumes exactly."""
+    return [stop, StopOnDivergence(), ResumeExactly()]
+
+
+def run_plugins() -> list:
+    """Checkpoints written atomically, and under SLURM the cluster's environment without Lightning's own
+    auto-requeue (submitit requeues the job, and it continues from last.ckpt)."""
+    from mnist_lit.runs.folders import cluster_plugins
+
+    return [AtomicCheckpointIO(), *cluster_plugins()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mnist_lit.config.overrides import override_key
 from mnist_lit.errors import UserError
 from mnist_lit.runs.allowlist import check_override
 from mnist_lit.runs.checkpoint import SweepRecord, read_sweep_record
@@ -38,7 +39,7 @@ def check_search_override(override: object, source: str) -> None:
     a sweeper or launcher option, and plain values of hydra.sweeper.* / hydra.launcher.* (no targets)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    key = str(override).split("=", 1)[0].lstrip("+~")
+    key = override_key(str(override))
     if isinstance(override, str) and key.startswith("hydra") and "_target_" not in override \
             and "${" not in override:
         value = OverridesParser.create().parse_override(override).value()
@@ -50,17 +51,11 @@ def check_search_override(override: object, source: str) -> None:
     check_override(override, source)
 
 
-def resume_search(sweep_dir: Path, args: list[str]) -> list[str] | None:
+def search_resume(sweep_dir: Path, args: list[str]) -> list[str]:
     """`-m resume=<sweep dir>` of an Optuna search -> its own overrides (Hydra's and the task's), its folder
-    as hydra.sweep.dir, then `args` (which win): the sweeper then continues the study up to n_trials.
-    None when the folder holds no Optuna search (a grid sweep is another resume's business)."""
+    as hydra.sweep.dir, then `args` (which win): the sweeper then continues the study up to n_trials."""
     search = search_config(sweep_dir)
-    if search is None:
-        return None
-
-    def key(arg: str) -> str:
-        return arg.split("=", 1)[0].lstrip("+~")
-
+    key = override_key
     # hydra.mode: Hydra's record of -m
     given = {key(a) for a in args if "=" in a} | {"hydra.sweep.dir", "hydra.mode", "resume"}
     recorded = [*search.hydra_overrides, *search.task_overrides]

@@ -21,8 +21,9 @@ class JobFailed(CompactHydraException):
     """One sweep job's error, handed to Hydra as a plain exception (Hydra prints only its message)."""
 
 
-class TrialPruned(CompactHydraException):
-    """[optuna hook] A trial its pruner stopped (metrics.json: status pruned); the sweeper tells Optuna."""
+class JobPruned(CompactHydraException):
+    """A job its search's pruner stopped (metrics.json: status pruned), as the sweeper receives it: it tells
+    Optuna the trial was pruned."""
 
 
 def error_message(err: BaseException) -> str:
@@ -104,9 +105,9 @@ def keep_sweeping(task: Callable[..., T]) -> Callable[..., T]:
         except Exception as err:
             if isinstance(err, RunStopped) and err.status == "interrupted":
                 raise
-            if isinstance(err, RunStopped) and err.status == "pruned":  # [optuna hook] not a failure
+            if isinstance(err, RunStopped) and err.status == "pruned":  # not a failure
                 log.info("job %s: %s", hydra_cfg.job.num, err)
-                raise TrialPruned(str(err)) from None
+                raise JobPruned(str(err)) from None
             from lightning.pytorch.utilities import rank_zero_only
 
             out_dir = Path(hydra_cfg.runtime.output_dir)

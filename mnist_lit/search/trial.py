@@ -12,12 +12,15 @@ import os
 
 import lightning.pytorch as pl
 
+from mnist_lit.runs.reliability import Ended
 from mnist_lit.search.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, storage
 
 
-class TrialPruned(Exception):
-    """The pruner stopped this trial: train records status "pruned" and raises RunStopped(status="pruned"),
-    which the sweeper tells Optuna as a pruned trial."""
+class TrialPruned(Ended):
+    """The pruner stopped this trial, inside its job: the run records status "pruned" and ends with
+    RunStopped(status="pruned"), which reaches the sweeper as a JobPruned (mnist_lit.search.sweep)."""
+
+    status = "pruned"
 
 
 class ReportToTrial(pl.Callback):
@@ -48,7 +51,7 @@ class ReportToTrial(pl.Callback):
 
 
 def trial_callbacks() -> list[pl.Callback]:
-    """[ReportToTrial] inside an Optuna sweep's job, else []."""
+    """[ReportToTrial] inside an Optuna search's job, else []."""
     if TRIAL_ENV not in os.environ:
         return []
     from hydra.core.hydra_config import HydraConfig
