@@ -17,6 +17,10 @@ class MNISTClassifier(pl.LightningModule):
 
     `optimizer` and `scheduler` are factories (Hydra's `_partial_: true`) that the module calls in
     configure_optimizers; `augment` (an nn.Module, training only) distorts each training batch.
+
+    With fast=true, mnist_lit/speed takes a fit's training steps in groups with these same parts (augment,
+    forward, training_loss) and counts them in train_loss and train_acc through their update(); the module
+    then optimizes manually (`automatic_optimization`) for that fit.
     """
 
     def __init__(

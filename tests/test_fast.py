@@ -104,6 +104,30 @@ def test_a_fitted_module_fits_again_with_grouped_steps(synthetic_root, one_threa
     assert [step for step, name, _ in logged if name == "val/acc"] == [16]
 
 
+class Rewritten(pl.Callback):
+    """Test helper: after each training batch, what of the module, the datamodule and the trainer's callbacks
+    is not as the run built them."""
+
+    steps_in_groups = True
+
+    def __init__(self):
+        self.seen = set()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for owner in (pl_module, trainer.datamodule):
+            self.seen |= {f"{type(owner).__name__}.{name}" for name, value in vars(owner).items()
+                          if callable(value) and callable(getattr(type(owner), name, None))}
+        if not any(isinstance(cb, TrainingCurve) for cb in trainer.callbacks):
+            self.seen.add("TrainingCurve removed")
+
+
+def test_the_grouped_steps_replace_nothing_of_the_module_datamodule_or_callbacks(synthetic_root, one_thread):
+    rewritten = Rewritten()
+    model, trainer, _ = fit(synthetic_root, epochs=1, callbacks=[rewritten])
+    assert grouped(trainer) and rewritten.seen == set()
+    assert model.automatic_optimization and "training_step" not in vars(trainer.strategy)  # handed back
+
+
 class SaveAt(pl.Callback):
     """Test helper: saves a checkpoint after optimizer step `step` (mid-epoch), as a Ctrl-C would."""
 
@@ -193,6 +217,19 @@ class ReplayOnCpu:
         self.work()
 
 
+class SameSums(pl.Callback):
+    """Test helper: whether the grouped steps' sums are the same tensors at training's end as at its start."""
+
+    steps_in_groups = True
+
+    def on_train_start(self, trainer, pl_module):
+        self.layer = next(cb for cb in trainer.callbacks if isinstance(cb, GroupedSteps))
+        self.sums = dict(self.layer.sums)
+
+    def on_train_end(self, trainer, pl_module):
+        self.kept = all(self.layer.sums[name] is value for name, value in self.sums.items())
+
+
 @pytest.mark.parametrize("recipe", ["plain", "onecycle"])
 def test_captured_groups_replay_exactly_what_lightnings_path_does(synthetic_root, one_thread, monkeypatch,
                                                                   recipe):
@@ -205,7 +242,10 @@ def test_captured_groups_replay_exactly_what_lightnings_path_does(synthetic_root
 
     slow, _, logged_slow = fit(synthetic_root, fast=False, scheduler=scheduler, optimizer=optimizer)
     monkeypatch.setattr(fast_module, "graphs_for", lambda device: ReplayOnCpu)
-    grouped, trainer, logged = fit(synthetic_root, fast=True, scheduler=scheduler, optimizer=optimizer)
+    same_sums = SameSums()
+    grouped, trainer, logged = fit(synthetic_root, fast=True, scheduler=scheduler, optimizer=optimizer,
+                                   callbacks=[same_sums])
+    assert same_sums.kept  # a CUDA graph writes the tensors it captured: the layer's sums stay those
     graphs = next(cb for cb in trainer.callbacks if isinstance(cb, GroupedSteps)).graphs
     # epoch 0: the first group and the short last one (20 examples) run eagerly, groups 2 and 3 are replays;
     # epoch 1: four replays, the short group's graph captured then
@@ -246,19 +286,22 @@ def test_a_scheduler_stepped_once_an_epoch_takes_the_standard_path(synthetic_roo
     assert torch.equal(params(fell_back), params(slow)) and logged == logged_slow  # running curve included
 
 
-@pytest.mark.parametrize("config, supported", [
-    ({"optimizer": "adam"}, True),
-    ({"optimizer": "adam", "lr_scheduler": {"scheduler": "onecycle", "interval": "step"}}, True),
-    ({"optimizer": "adam", "lr_scheduler": "steplr"}, False),
-    ({"optimizer": "adam", "lr_scheduler": {"scheduler": "steplr"}}, False),
-    ({"optimizer": "adam", "lr_scheduler": {"scheduler": "cosine", "interval": "step", "frequency": 2}}, False),
-    ((["adam"], ["steplr"]), False),
-    ([{"optimizer": "adam", "lr_scheduler": {"scheduler": "plateau", "monitor": "val/loss"}}], False),
+@pytest.mark.parametrize("configs, supported", [
+    ([], True),
+    ([{"interval": "step"}], True),
+    ([{}], False),  # Lightning's default interval: "epoch" (also for a scheduler returned outside a dict)
+    ([{"interval": "step", "frequency": 2}], False),
+    ([{"interval": "step", "reduce_on_plateau": True, "monitor": "val/loss"}], False),
+    ([{"interval": "step"}, {"interval": "step"}], False),
 ])
-def test_schedules_the_grouped_steps_can_step(config, supported):
+def test_schedules_the_grouped_steps_can_step(configs, supported):
+    # as Lightning sets them up from configure_optimizers (trainer.lr_scheduler_configs)
+    from lightning.pytorch.utilities.types import LRSchedulerConfig
+
     from mnist_lit.speed.grouped import unsupported_schedule
 
-    assert (unsupported_schedule(config) is None) is supported
+    configs = [LRSchedulerConfig(scheduler=None, **config) for config in configs]
+    assert (unsupported_schedule(configs) is None) is supported
 
 
 def test_logged_steps_do_not_depend_on_grouping(synthetic_root, one_thread):
@@ -323,6 +366,26 @@ def test_a_module_acting_on_every_step_takes_the_standard_path(synthetic_root, o
     with caplog.at_level(logging.INFO, logger="mnist_lit.speed.grouped"):
         trainer.fit(model, MNISTDataModule(str(synthetic_root), download=False, val_size=100))
     assert model.seen == 16 and "GradNorms.on_before_optimizer_step" in caplog.text
+
+
+def test_a_group_counted_in_the_module_metrics_leaves_what_its_steps_leave():
+    from mnist_lit.speed.grouped import add_to_module_metrics
+
+    # one by one, 1 + 2^-24 rounds back to 1 twice; the group's own sum (2^-23) added at once would not
+    losses = torch.tensor([1.0, 2.0**-24, 2.0**-24])
+    preds, targets = torch.tensor([3, 1, 4, 1, 5, 9]), torch.tensor([3, 1, 4, 2, 5, 6])
+    stepwise, grouped = (MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3)) for _ in range(2))
+    for k, loss in enumerate(losses):  # as training_step counts them
+        stepwise.train_loss.update(loss)
+        stepwise.train_acc.update(preds[2 * k : 2 * k + 2], targets[2 * k : 2 * k + 2])
+    add_to_module_metrics(grouped, losses[0], 1, preds[:2], targets[:2])  # a group of 1 step, then of 2
+    add_to_module_metrics(grouped, losses[0] + losses[1] + losses[2], 3, preds[2:], targets[2:])
+    assert stepwise.train_loss.compute() == torch.tensor(1.0) / 3  # the steps' sum: 1
+    for metric in ("train_loss", "train_acc"):  # what a checkpoint keeps of them, bit for bit
+        state = getattr(stepwise, metric).state_dict()
+        for key, value in getattr(grouped, metric).state_dict().items():
+            assert torch.equal(value, state[key]), (metric, key)
+    assert grouped.train_metrics() == stepwise.train_metrics()
 
 
 def test_step_groups_hold_the_same_batches(synthetic_root):
@@ -391,7 +454,8 @@ def test_staged_gpu_setup_is_refused_only_for_what_graphs_cannot_replay():
     module = MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3))
     trainer = SimpleNamespace(world_size=2, precision="32-true", accumulate_grad_batches=1, gradient_clip_val=None,
                               limit_train_batches=1.0, val_check_interval=1.0, max_steps=-1, fast_dev_run=False,
-                              overfit_batches=0.0, callbacks=[])
+                              overfit_batches=0.0, callbacks=[], datamodule=object(),
+                              reload_dataloaders_every_n_epochs=0)
     assert "2 processes" in unsupported(trainer, module)
     trainer.world_size, trainer.precision = 1, "16-mixed"
     assert "16-mixed" in unsupported(trainer, module)

@@ -21,7 +21,7 @@ class Steps(pl.LightningModule):
         super().__init__()
         self.layer, self.group = torch.nn.Linear(2, 1), group
         self.automatic_optimization = False
-        self.global_steps, self.estimated = [], None
+        self.global_steps = []
 
     def training_step(self, batch, batch_idx):
         compat.count_optimizer_steps(self.trainer, self.group)
@@ -31,8 +31,6 @@ class Steps(pl.LightningModule):
         self.log("seen", float(self.trainer.global_step))
 
     def configure_optimizers(self):
-        with compat.fit_length(self.trainer, 1234):
-            self.estimated = self.trainer.estimated_stepping_batches
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def train_dataloader(self):
@@ -63,7 +61,60 @@ def test_counted_steps_are_global_steps_and_logger_steps():
     assert trainer.global_step == 15
     # Lightning logs epoch-end values at its batch counter, less one: 15 counted steps, not 3 batches
     assert logger.steps == [14]
-    assert module.estimated == 1234 and trainer.max_steps == -1  # fit_length restores max_steps
+
+
+class Groups:
+    """An iterable without a length, as mnist_lit.speed.grouped.StepGroups."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+class ModuleSteps(pl.LightningModule):
+    """Its own loader holds 4 batches; its configure_optimizers asks the fit's length (as one-cycle does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.automatic_optimization = False
+        self.estimated, self.trained = None, []
+
+    def training_step(self, batch, batch_idx):
+        self.trained.append(batch_idx)
+
+    def configure_optimizers(self):
+        self.estimated = self.trainer.estimated_stepping_batches
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(4, 2), batch_size=1)
+
+
+class HandToGroups(pl.Callback):
+    """Has Lightning's loop train on 2 groups (batches of ones), handed to `seen`, as the grouped steps do."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_fit_start(self, trainer, pl_module):
+        compat.use_training_loader(trainer, Groups([torch.ones(2), torch.ones(2)]))
+        compat.use_training_step(trainer, lambda batch, idx: self.seen.append((batch.sum().item(), idx)))
+
+    def teardown(self, trainer, pl_module, stage):
+        compat.use_training_step(trainer, None)
+
+
+def test_a_callback_hands_lightnings_training_batches_to_its_own_step():
+    module, hand = ModuleSteps(), HandToGroups()
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu", callbacks=[hand])
+    trainer.fit(module)
+    assert module.estimated == 4  # the fit's length from the module's own loader, loaded before on_fit_start
+    assert hand.seen == [(2.0, 0), (2.0, 1)] and module.trained == []  # the handed loader, to the handed step
+    assert trainer.strategy.training_step(torch.zeros(2), 7) is None and module.trained == [7]  # handed back
 
 
 class Automatic(pl.LightningModule):

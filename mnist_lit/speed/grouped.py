@@ -2,16 +2,22 @@
 
 Lightning's per-batch bookkeeping (hooks, loops, progress, logging) costs about as much as a whole optimizer
 step of this small MLP. Here one Lightning batch is a group of `steps_per_execution` minibatches (Keras'
-`steps_per_execution`), and each of them is one plain optimizer step: the module's own augment, forward and
-training_loss, then backward, optimizer and scheduler steps. On a GPU the whole group is replayed as one
-CUDA graph. Nothing a user sees changes: the same batches in the same order, the same parameters
-(bit-identical on a CPU), the same metrics at the same optimizer steps, the same checkpoints, progress bar
-and signals.
+`steps_per_execution`), and each of them is one plain optimizer step that calls the module's own parts: its
+augment, forward and training_loss, then backward, optimizer and scheduler steps. The group's losses and
+predictions go into the module's train_loss and train_acc through their update(), so the module logs,
+checkpoints and resets them as after its own training_step. On a GPU the whole group is replayed as one CUDA
+graph. Nothing a user sees changes: the same batches in the same order, the same parameters (bit-identical on
+a CPU), the same metrics at the same optimizer steps, the same checkpoints, progress bar and signals.
+
+The layer replaces no method of the module or the datamodule: it groups the batches of the datamodule's
+train_dataloader(), and Lightning's loop hands each group to it instead of to the module's training_step
+(mnist_lit/speed/lightning_compat.py, with every other Lightning internal the layer writes). For the fit the
+module optimizes manually (`automatic_optimization`, Lightning's switch for it): Lightning then leaves the
+optimizer and the scheduler to the layer's steps.
 
 What the grouped steps cannot do exactly as Lightning does it (mixed precision, gradient accumulation or
 clipping, several devices, a callback that acts on every batch, ...) is not refused: the run takes
-Lightning's standard path and says why in one log line. Lightning internals that the layer writes are in
-mnist_lit/speed/lightning_compat.py.
+Lightning's standard path and says why in one log line.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Checkpoint
 
 from mnist_lit.errors import UserError
@@ -51,7 +58,9 @@ class StepGroups:
 
     def __init__(self, batches, size: int):
         self.batches, self.size = batches, size
-        self.sampler, self.batch_sampler = batches, None  # Lightning calls sampler.set_epoch every epoch
+        # Lightning calls set_epoch on a loader's sampler every epoch: the batches' (TensorBatches: itself)
+        self.sampler = getattr(batches, "sampler", None)
+        self.batch_sampler = getattr(batches, "batch_sampler", None)
         self.steps_per_epoch = len(batches)
 
     def __iter__(self):
@@ -75,6 +84,9 @@ def unsupported(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:
     if not module.automatic_optimization:
         return "the module optimizes manually"
     checks = [
+        (trainer.datamodule is None, "a training loader given to fit() rather than a datamodule"),
+        (bool(trainer.reload_dataloaders_every_n_epochs),
+         f"trainer.reload_dataloaders_every_n_epochs={trainer.reload_dataloaders_every_n_epochs}"),
         (trainer.world_size > 1, f"{trainer.world_size} processes (trainer.strategy / devices)"),
         (str(trainer.precision) not in ("32-true", "32"), f"trainer.precision={trainer.precision}"),
         (trainer.accumulate_grad_batches != 1, f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches}"),
@@ -98,20 +110,19 @@ def unsupported(trainer: pl.Trainer, module: pl.LightningModule) -> str | None:
     return None
 
 
-def unsupported_schedule(config) -> str | None:
-    """Why the learning-rate schedulers in a `configure_optimizers` result are not all stepped after every
-    optimizer step, as the grouped steps step them, or None. Lightning steps the others itself, and only
-    under automatic optimization."""
-    if isinstance(config, tuple) and len(config) == 2 and config[1]:
-        return "a learning-rate scheduler outside a dict (Lightning steps those once an epoch)"
-    for entry in config if isinstance(config, list) else [config]:
-        scheduler = entry.get("lr_scheduler") if isinstance(entry, dict) else None
-        if scheduler is None:
-            continue
-        if not isinstance(scheduler, dict) or scheduler.get("interval", "epoch") != "step":
+def unsupported_schedule(configs) -> str | None:
+    """Why the learning-rate schedulers Lightning set up from configure_optimizers' result
+    (trainer.lr_scheduler_configs) are not one scheduler stepped after every optimizer step, as the grouped
+    steps step it, or None."""
+    if len(configs) > 1:
+        return f"{len(configs)} learning-rate schedulers"
+    for config in configs:
+        if config.reduce_on_plateau:
+            return "a learning-rate scheduler that watches a metric (ReduceLROnPlateau)"
+        if config.interval != "step":
             return "a learning-rate scheduler stepped once an epoch (interval 'epoch')"
-        if scheduler.get("frequency", 1) != 1:
-            return f"a learning-rate scheduler stepped every {scheduler['frequency']} steps (frequency)"
+        if config.frequency != 1:
+            return f"a learning-rate scheduler stepped every {config.frequency} steps (frequency)"
     return None
 
 
@@ -126,8 +137,8 @@ def _fall_back(reason: str) -> None:
 class GroupedSteps(pl.Callback):
     """Trains each Lightning batch (a group of minibatches) as that many optimizer steps; see the module doc.
 
-    Keeps the epoch's training sums (loss, correct, count) on the device: the same float32 additions that
-    the module's torchmetrics make, so `train/loss` and `train/acc` come out bit-identical.
+    Keeps the epoch's training sums (loss, correct, count) on the device, as the module's torchmetrics add
+    them up, for the running curve's points inside a group; after each group the module's metrics hold them.
     """
 
     steps_in_groups = True
@@ -135,66 +146,41 @@ class GroupedSteps(pl.Callback):
     def __init__(self, enabled: bool = True, steps_per_execution: int = 50):
         self.enabled, self.size = enabled, steps_per_execution
         self.active = False
-        self.grouped = False  # whether it trained (active during training; a fit's end restores the module)
+        self.grouped = False  # whether it trained (active only during a fit)
         self.sums: dict[str, torch.Tensor] = {}
         self.graphs: CapturedGroups | None = None
         self.points = None
 
     # --- set-up --------------------------------------------------------------------------------------------
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit" or not self.enabled:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after configure_optimizers (the schedule is known), before Lightning loads the training batches
+        if not self.enabled:
             return
-        reason = unsupported(trainer, pl_module)
+        reason = unsupported(trainer, pl_module) or unsupported_schedule(trainer.lr_scheduler_configs)
         if reason:
             _fall_back(reason)
             return
         self.active, self.trainer, self.module = True, trainer, pl_module
         self.curve = next((cb for cb in trainer.callbacks if isinstance(cb, TrainingCurve)), None)
-        if self.curve is not None:
-            self.curve_at = trainer.callbacks.index(self.curve)
-            # its points come from inside the groups (log_points); a new list: Lightning is iterating the old
-            trainer.callbacks = [cb for cb in trainer.callbacks if cb is not self.curve]
-        datamodule = trainer.datamodule
-        make_batches = datamodule.train_dataloader
-        datamodule.train_dataloader = lambda: StepGroups(make_batches(), self.size)
-        configure = pl_module.configure_optimizers
-
-        def configure_optimizers():
-            # Lightning counts a fit's steps in batches, here groups: a schedule over the fit needs minibatches
-            loader = make_batches()
-            with compat.fit_length(trainer, len(loader) * trainer.max_epochs):
-                config = configure()
-            reason = unsupported_schedule(config)
-            if reason:  # known only now, before Lightning sets up the optimization and loads the batches
-                self.stand_down(reason)
-            return config
-
-        pl_module.configure_optimizers = configure_optimizers
+        compat.use_training_loader(trainer, StepGroups(trainer.datamodule.train_dataloader(), self.size))
+        compat.use_training_step(trainer, self.training_step)
         pl_module.automatic_optimization = False  # the steps below are the optimization
-        pl_module.training_step = self.training_step
-        pl_module.train_metrics = self.train_metrics
-
-    def stand_down(self, reason: str) -> None:
-        """Give the run back to Lightning's standard path, saying why."""
-        _fall_back(reason)
-        self.undo()
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and self.active:  # the module as it was: another fit or test sees no trace of this
-            self.undo()
+        if stage == "fit":
+            self.hand_back()
 
-    def undo(self) -> None:
-        """Undo what setup changed."""
-        self.active = False
-        for name in ("training_step", "train_metrics", "configure_optimizers"):
-            vars(self.module).pop(name, None)
-        self.module.automatic_optimization = True
-        vars(self.trainer.datamodule).pop("train_dataloader", None)
-        if self.curve is not None:
-            callbacks = list(self.trainer.callbacks)
-            callbacks.insert(self.curve_at, self.curve)
-            self.trainer.callbacks = callbacks
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.log_points()
+        self.hand_back()  # Lightning calls no teardown after an exception
+
+    def hand_back(self) -> None:
+        """Leave the trainer and the module as they were: another fit or a test sees no trace of this one."""
+        if self.active:
+            self.active = False
+            compat.use_training_step(self.trainer, None)
+            self.module.automatic_optimization = True
 
     def on_train_start(self, trainer, pl_module) -> None:
         if not self.active:
@@ -202,26 +188,22 @@ class GroupedSteps(pl.Callback):
         self.grouped = True
         self.optimizer = trainer.optimizers[0]
         configs = trainer.lr_scheduler_configs
-        self.scheduler = configs[0].scheduler if configs and configs[0].interval == "step" else None
-        device = pl_module.device
-        # loss: float32 on the device; correct: int64 on the device; steps and examples: counted on the host
-        self.sums = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), dtype=torch.long,
-                                                                                    device=device)}
+        self.scheduler = configs[0].scheduler if configs else None
         # a run resumed mid-epoch goes on from the sums its checkpoint holds in the module's metrics
         # (Lightning then calls no on_train_epoch_start before the epoch's remaining batches)
-        self.steps, self.count = from_module_metrics(pl_module, self.sums)
+        self.sums, self.steps, self.count = module_sums(pl_module)
         self.epoch_steps = trainer.train_dataloader.steps_per_epoch
         self.host_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
-        graph_type = graphs_for(device)
+        graph_type = graphs_for(pl_module.device)
         if graph_type is not None:
-            make_capturable(self.optimizer, device, schedule=self.scheduler is not None)
+            make_capturable(self.optimizer, pl_module.device, schedule=self.scheduler is not None)
             self.graphs = CapturedGroups(self.train_group, graph_type)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.active:
-            for value in self.sums.values():
-                value.zero_()
-            self.steps = self.count = 0
+            sums, self.steps, self.count = module_sums(pl_module)
+            for name, value in sums.items():
+                self.sums[name].copy_(value)  # in place: the CUDA graphs captured these tensors
 
     # --- the steps -----------------------------------------------------------------------------------------
 
@@ -239,13 +221,13 @@ class GroupedSteps(pl.Callback):
         return logits.detach(), loss.detach()
 
     def train_group(self, batches, lrs, ends: torch.Tensor, loss_trace: torch.Tensor,
-                    correct_trace: torch.Tensor) -> None:
+                    correct_trace: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor) -> None:
         """A group's optimizer steps, device work only: a CUDA graph can replay it.
 
         `lrs[k]` holds each parameter group's learning rate for step k, row n the one after the group (None:
         no scheduler). The traces get the epoch's sums after each step: `loss_trace[k + 1]` (the float32
         additions torchmetrics' MeanMetric makes, in order) and `correct_trace[k]`; `ends` indexes each
-        step's last example in the group.
+        step's last example in the group. `preds` and `targets` get the group's predicted and true labels.
         """
         loss_trace[0].copy_(self.sums["loss"])
         outputs = []
@@ -258,8 +240,9 @@ class GroupedSteps(pl.Callback):
         if lrs is not None:
             self.set_lrs(lrs[len(batches)])
         # the group's correct predictions at once (counts add up exactly in any order)
-        hits = torch.cat(outputs).argmax(1) == torch.cat([y for _, y in batches])
-        correct_trace.copy_(self.sums["correct"] + hits.cumsum(0)[ends])
+        torch.argmax(torch.cat(outputs), 1, out=preds)
+        torch.cat([y for _, y in batches], out=targets)
+        correct_trace.copy_(self.sums["correct"] + (preds == targets).cumsum(0)[ends])
         self.sums["loss"].copy_(loss_trace[-1])
         self.sums["correct"].copy_(correct_trace[-1])
 
@@ -274,10 +257,11 @@ class GroupedSteps(pl.Callback):
         trainer, n = self.trainer, len(batch)
         lrs = self.planned_lrs(n) if self.scheduler is not None else None
         if self.graphs is not None:
-            loss_trace, correct_trace = self.graphs(batch, lrs)
+            traces = self.graphs(batch, lrs)
         else:
-            loss_trace, correct_trace = new_traces(n, self.sums["loss"].device)
-            self.train_group(batch, lrs, group_ends(batch), loss_trace, correct_trace)
+            traces = new_traces(batch)
+            self.train_group(batch, lrs, group_ends(batch), *traces)
+        loss_trace, correct_trace, preds, targets = traces
         every, first = trainer.log_every_n_steps, trainer.global_step
         points = []
         for k, (_, y) in enumerate(batch):
@@ -288,13 +272,18 @@ class GroupedSteps(pl.Callback):
                     lr = torch.tensor(lrs[k + 1][0], dtype=lr.dtype) if torch.is_tensor(lr) else lrs[k + 1][0]
                 points.append((first + k + 1, *_means(loss_trace[k + 1].clone(), self.steps,
                                                       correct_trace[k].clone(), self.count), lr))
+        add_to_module_metrics(self.module, self.sums["loss"], self.steps, preds, targets)
         compat.count_optimizer_steps(trainer, n)
         self.log_points()
-        if points and self.curve is not None:
-            # logged at the next group (or before anything else is logged): reading now would make the host
-            # wait for this group's steps on a GPU, and launch the next group only then
-            values = torch.stack([torch.stack([loss, acc]) for _, loss, acc, _ in points])
-            self.points = [(step, lr) for step, _, _, lr in points], HostCopy(values)
+        if self.curve is not None:
+            # the group's points are logged here: the curve's own per-batch point at the group's end would
+            # come twice (and on a GPU read its values before the next group is launched)
+            self.curve.last_step = trainer.global_step
+            if points:
+                # logged at the next group (or before anything else is logged): reading now would make the
+                # host wait for this group's steps on a GPU, and launch the next group only then
+                values = torch.stack([torch.stack([loss, acc]) for _, loss, acc, _ in points])
+                self.points = [(step, lr) for step, _, _, lr in points], HostCopy(values)
 
     def log_points(self, *_) -> None:
         """Log the running-curve points of the last group (see training_step)."""
@@ -304,7 +293,7 @@ class GroupedSteps(pl.Callback):
             self.curve.log_points(self.trainer, [(step, loss, acc, lr) for (step, lr), (loss, acc)
                                                  in zip(steps, values, strict=True)])
 
-    on_validation_start = on_train_epoch_end = on_train_end = on_exception = log_points
+    on_validation_start = on_train_epoch_end = on_train_end = log_points
 
     def planned_lrs(self, n: int) -> list[list[float]]:
         """Each parameter group's learning rate for the next n steps and after them (n + 1 rows): the
@@ -325,49 +314,41 @@ class GroupedSteps(pl.Callback):
             group["lr"] = lr
         return rows
 
-    def train_metrics(self) -> dict[str, torch.Tensor]:
-        loss, acc = _means(self.sums["loss"], self.steps, self.sums["correct"], self.count)
-        return {"train/loss": loss, "train/acc": acc}
-
     # --- checkpoints ---------------------------------------------------------------------------------------
 
     # A checkpoint resumes on either path (fast=true, fast=false or a fallback): it holds what fast=false's
-    # would: the step count where Lightning's standard path counts it, the epoch's sums in the module's
-    # metrics.
+    # would: the step count where Lightning's standard path counts it (the epoch's sums are in the module's
+    # metrics already).
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         compat.steps_in_both_counters(checkpoint)
-        if not self.active:
-            return
-        compat.batches_as_steps(checkpoint, self.steps)
-        if 0 < self.steps < self.epoch_steps:  # mid-epoch; at its end the module's metrics are reset
-            checkpoint["state_dict"].update(as_module_metrics(pl_module, self.sums, self.steps, self.count))
+        if self.active:
+            compat.batches_as_steps(checkpoint, self.steps)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         compat.steps_in_both_counters(checkpoint)
 
 
-def as_module_metrics(module: MNISTClassifier, sums: dict[str, torch.Tensor], steps: int,
-                      count: int) -> dict[str, torch.Tensor]:
-    """The grouped steps' sums as the state of the module's train_loss (MeanMetric) and train_acc (micro
-    MulticlassAccuracy) after the same steps: their entries in the module's state_dict."""
-    correct = sums["correct"].reshape(1).clone()
-    wrong = count - correct
-    return {"train_loss.mean_value": sums["loss"].clone(),
-            "train_loss.weight": torch.tensor(float(steps), device=correct.device),
-            "train_acc.tp": correct, "train_acc.fp": wrong, "train_acc.fn": wrong.clone(),
-            "train_acc.tn": module.train_acc.num_classes * count - correct - 2 * wrong}
+def module_sums(module: MNISTClassifier) -> tuple[dict[str, torch.Tensor], int, int]:
+    """The epoch's training sums so far in the module's train_loss (MeanMetric) and train_acc (micro
+    MulticlassAccuracy), read through torchmetrics' `metric_state`: the loss sum and the correct predictions
+    (new tensors on the device), the steps and the examples they count."""
+    loss, acc = module.train_loss.metric_state, module.train_acc.metric_state
+    correct = acc["tp"].sum()
+    return ({"loss": loss["mean_value"].clone(), "correct": correct}, int(loss["weight"]),
+            int(correct + acc["fn"].sum()))
 
 
-def from_module_metrics(module: MNISTClassifier, sums: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """Load the module's train_loss and train_acc state into `sums`, then reset those metrics (the grouped
-    steps keep the sums); returns the steps and examples they count."""
-    sums["loss"].copy_(module.train_loss.mean_value)
-    sums["correct"].copy_(module.train_acc.tp.sum())
-    steps, count = int(module.train_loss.weight), int(module.train_acc.tp.sum() + module.train_acc.fn.sum())
+def add_to_module_metrics(module: MNISTClassifier, loss_sum: torch.Tensor, steps: int, preds: torch.Tensor,
+                          targets: torch.Tensor) -> None:
+    """Count a group's steps in the module's train_loss and train_acc through their update(), leaving the
+    state its training_step leaves: `loss_sum` is the epoch's loss sum after them (added one step at a time)
+    over `steps` steps so far, `preds` and `targets` the group's predicted and true labels."""
+    # MeanMetric adds a tensor of losses as one sum, which rounds otherwise than the step-by-step additions
+    # of the module's training_step: it gets the epoch anew, as its sum and zeros for the other steps
     module.train_loss.reset()
-    module.train_acc.reset()
-    return steps, count
+    module.train_loss.update(F.pad(loss_sum.reshape(1), (0, steps - 1)))
+    module.train_acc.update(preds, targets)
 
 
 def _means(loss_sum: torch.Tensor, steps: int, correct: torch.Tensor, count: int):
@@ -419,9 +400,13 @@ def group_ends(batches) -> torch.Tensor:
     return sizes.cumsum(0) - 1
 
 
-def new_traces(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where train_group leaves n steps' running sums: loss (n + 1, float32), correct (n, int64)."""
-    return torch.empty(n + 1, device=device), torch.empty(n, dtype=torch.long, device=device)
+def new_traces(batches) -> tuple[torch.Tensor, ...]:
+    """Where train_group leaves a group's running sums, loss (n + 1 steps, float32) and correct (n, int64),
+    and its predicted and true labels (int64, one per example)."""
+    device, n, examples = batches[0][1].device, len(batches), sum(len(y) for _, y in batches)
+    return (torch.empty(n + 1, device=device), torch.empty(n, dtype=torch.long, device=device),
+            torch.empty(examples, dtype=torch.long, device=device),
+            torch.empty(examples, dtype=torch.long, device=device))
 
 
 def lr_table(lrs: list[list[float]] | None, device: torch.device) -> torch.Tensor | None:
@@ -465,7 +450,7 @@ class CapturedGroups:
     than running them. A graph is captured for each shape of group (its minibatches' sizes) the second time
     it comes: the tutorial's 50 x 32, or an epoch's last group with its short batch. The first time runs
     eagerly: the kernels' lazy set-up, and shapes that never come back (a resumed epoch's first group).
-    Warm-up and capture are real training steps. `run(batches, lrs, ends, loss_trace, correct_trace)` does
+    Warm-up and capture are real training steps. `run(batches, lrs, ends, *new_traces(batches))` does
     device work only.
     """
 
@@ -477,12 +462,12 @@ class CapturedGroups:
         self.graphs: dict[tuple[int, ...], tuple] = {}
         self.replays = 0
 
-    def __call__(self, batches, lrs: list[list[float]] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batches, lrs: list[list[float]] | None) -> tuple[torch.Tensor, ...]:
         x0 = batches[0][0]
         shape = tuple(len(y) for _, y in batches)
         if shape not in self.graphs and (shape not in self.seen or len(self.graphs) >= self.MOST):
             self.seen.add(shape)
-            traces = new_traces(len(shape), x0.device)
+            traces = new_traces(batches)
             lrs = lr_table(lrs, x0.device)
             self.graph_type.warm_up(lambda: self.run(batches, lrs, group_ends(batches), *traces))
             return traces
@@ -507,7 +492,7 @@ class CapturedGroups:
             views.append((x[start:start + len(batch_y)], y[start:start + len(batch_y)]))
             start += len(batch_y)
         ends = group_ends(batches)
-        traces = new_traces(len(batches), x.device)
+        traces = new_traces(batches)
         graph = self.graph_type()
         graph.capture(lambda: self.run(views, static_lrs, ends, *traces))
         # every tensor the graph reads or writes stays alive with it: freed, its memory would be reused

@@ -1,17 +1,38 @@
 """Every Lightning internal that mnist-lit touches, in one place (tests/test_lightning_compat.py checks each).
 
 The grouped steps of mnist_lit/speed/grouped.py take several optimizer steps inside one Lightning batch, bypassing
-LightningOptimizer.step (four hook dispatches a step). Lightning must still count each of them: in
-`trainer.global_step` (checkpoint names, schedules, `max_steps`) and in the step its loggers write at.
-pyproject bounds lightning to the releases these were tested with.
+LightningOptimizer.step (four hook dispatches a step). Lightning must hand them its batches in groups, and
+still count each step: in `trainer.global_step` (checkpoint names, schedules, `max_steps`) and in the step its
+loggers write at. pyproject bounds lightning to the releases these were tested with.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Checkpoint
+
+
+def use_training_loader(trainer: pl.Trainer, loader) -> None:
+    """Make Lightning's training loop iterate `loader` in this fit (as `fit(train_dataloaders=loader)` does).
+
+    Called from a callback's on_fit_start: a loader Lightning has loaded already (to estimate the fit's length
+    for a schedule in configure_optimizers) is dropped. The next fit attaches its own loaders again.
+    """
+    loop = trainer.fit_loop
+    loop._data_source.instance = loader
+    loop._combined_loader = None
+
+
+def use_training_step(trainer: pl.Trainer, step: Callable | None) -> None:
+    """Make Lightning's training loop hand each training batch to `step(batch, batch_idx)` instead of the
+    module's training_step (None: to the module's again). The loop calls training_step through the
+    strategy."""
+    if step is None:
+        vars(trainer.strategy).pop("training_step", None)
+    else:
+        trainer.strategy.training_step = step
 
 
 def count_optimizer_steps(trainer: pl.Trainer, steps: int) -> None:
@@ -64,20 +85,6 @@ def batches_as_steps(checkpoint: dict, epoch_steps: int) -> None:
         counts = progress[part]
         # ready, started, processed and completed differ by the batch under way, if any: kept so
         progress[part] = {key: done - (counts["ready"] - value) for key, value in counts.items()}
-
-
-@contextlib.contextmanager
-def fit_length(trainer: pl.Trainer, steps: int):
-    """Within the block, `trainer.estimated_stepping_batches` (a schedule's length) is `steps`.
-
-    Groups of steps have no length for Lightning, which then takes a fit's length from `max_steps`.
-    """
-    loop = trainer.fit_loop.epoch_loop
-    saved, loop.max_steps = loop.max_steps, steps
-    try:
-        yield
-    finally:
-        loop.max_steps = saved
 
 
 def saves_within_epochs(checkpoint: Checkpoint) -> bool:
