@@ -1,8 +1,10 @@
-"""MNIST as whole in-memory tensors: file checks, the seeded train/val split, and batch iterators."""
+"""Image data sets as whole in-memory tensors: the data module every dataset is (TensorDataModule: what the
+rest of mnist-lit asks of its data, batches, the seeded split), and MNIST's (its file checks)."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -92,20 +94,25 @@ def load_mnist(root: str | Path, train: bool, download: bool = False) -> tuple[t
     return ds.data, ds.targets
 
 
-def to_features(images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 784) in [0, 1] (the tutorial's scaling), optionally standardised."""
-    x = images.reshape(len(images), -1).to(torch.float32).div_(255)
-    if normalize:
-        x.sub_(MNIST_MEAN).div_(MNIST_STD)
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Images as float32 pixels in [0, 1]: uint8 ones are bytes (divided by 255, as torchvision does), float
+    ones are pixels already."""
+    if images.is_floating_point():
+        return images.to(torch.float32)
+    return images.to(torch.float32).div_(255)
+
+
+def features_of(images: torch.Tensor, normalization: tuple[float, float] | None = None) -> torch.Tensor:
+    """(N, H, W) images (unit_pixels') -> float32 (N, H * W) feature vectors, standardised by (mean, std)."""
+    x = unit_pixels(images.reshape(len(images), -1))
+    if normalization is not None:
+        x = (x - normalization[0]) / normalization[1]
     return x
 
 
-def to_pixels(features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """(N, 784) features -> (N, 28, 28) pixels in [0, 1] on the CPU: the inverse of to_features, for display."""
-    x = features.float().cpu()
-    if normalize:
-        x = x * MNIST_STD + MNIST_MEAN
-    return x.reshape(-1, 28, 28).clamp(0, 1)
+def to_features(images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """MNIST's uint8 (N, 28, 28) -> float32 (N, 784) in [0, 1] (the tutorial's scaling), or standardised."""
+    return features_of(images, (MNIST_MEAN, MNIST_STD) if normalize else None)
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,58 +195,93 @@ class TensorBatches:
                 yield x[i : i + size], y[i : i + size]
 
 
-class MNISTDataModule(pl.LightningDataModule):
-    """MNIST from torchvision's files, held as float tensors on the training device.
+@dataclass(frozen=True)
+class Drawing:
+    """How a dataset's digits were made from pictures; mnist_lit/inference/preprocess.py makes any picture
+    the same way, so that a network is given digits like those it learnt."""
 
-    The official 60k training set is split into train/val by `split_seed`; the 10k test set is loaded
-    only for testing and never seen by training or model selection.
+    box: int  # the digit is scaled to fit a box x box square of the image, keeping its aspect ratio
+    centre: str  # "mass": its centre of mass at the image's centre; "box": its bounding box centred
+    stroke: float  # the strokes' typical width, in pixels of the bitmap it was drawn in (see blocks)
+    # > 1: drawn as a black-and-white bitmap `blocks` times finer, each pixel the share of ink in its block
+    blocks: int = 1
+    levels: int = 0  # > 0: pixel values are multiples of 1 / levels (MNIST's bytes: 255)
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """A dataset of labelled images held as float tensors on the training device: the data module interface
+    of mnist-lit. Nothing else knows a dataset's shape, size or statistics; the rest asks its data module.
+
+    Class attributes, known without reading any data (a run's config gives the networks their sizes with
+    `${datamodule:input_size}` and `${datamodule:num_classes}`): `name`, `image_shape` (H, W), `input_size`
+    (H * W, the length of the feature vectors the networks take), `num_classes`, `class_names`, `mean` and
+    `std` (what `normalize=True` standardises pixels in [0, 1] with), `drawing` (how its digits were made).
+
+    An instance adds `normalization` ((mean, std), or None), `to_features` and `to_pixels` (images <-> the
+    networks' inputs), `load_test_set()` (the test images and labels: evaluate, predict and export) and
+    `provenance()` (where the data comes from). A subclass loads the data in `setup` into
+    `train_x`/`train_y`, `val_x`/`val_y` and `test_x`/`test_y` (features, as `to_features` makes them);
+    batching, DDP shards and resuming mid-epoch are the same for every dataset.
     """
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = True,
-        val_size: int = 12_000,
-        batch_size: int = 32,
-        eval_batch_size: int = 1000,
-        normalize: bool = False,
-        split_seed: int = 42,
-    ):
+    name: str
+    image_shape: tuple[int, int]
+    input_size: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    mean: float
+    std: float
+    drawing: Drawing
+
+    def __init__(self, batch_size: int, eval_batch_size: int, normalize: bool, split_seed: int):
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
             raise UserError(
                 f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must both be positive integers."
             )
-        if not 0 < val_size < NUM_TRAIN:
-            raise UserError(f"data.val_size={val_size} is not allowed: it must be between 1 and {NUM_TRAIN - 1}.")
-        self.root, self.download = root, download
-        self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.normalize, self.split_seed = normalize, split_seed
+        # of the validation indices: the same for runs validated on the same examples
+        self.split_digest: str | None = None
         self.resume: dict = {}  # where a resumed run's training starts: shared with its training loaders
         self.train_x = self.train_y = self.val_x = self.val_y = self.test_x = self.test_y = None
 
-    def prepare_data(self) -> None:
-        if self.download:
-            for train in (True, False):
-                load_mnist(self.root, train=train, download=True)
-        else:
-            check_mnist_files(self.root)
+    @property
+    def normalization(self) -> tuple[float, float] | None:
+        """The (mean, std) pixels in [0, 1] are standardised with (data.normalize=true), else None."""
+        return (self.mean, self.std) if self.normalize else None
+
+    def to_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) images (uint8 bytes, or float pixels in [0, 1]) -> the (N, input_size) inputs the
+        networks take: this dataset's scaling."""
+        return features_of(images, self.normalization)
+
+    def to_pixels(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, input_size) features -> (N, H, W) pixels in [0, 1] on the CPU: to_features undone (display)."""
+        x = features.float().cpu()
+        if self.normalize:
+            x = x * self.std + self.mean
+        return x.reshape(-1, *self.image_shape).clamp(0, 1)
+
+    def load_test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The test images, (N, H, W) uint8 bytes or float pixels in [0, 1], and their int64 labels (N,): the
+        same examples `setup("test")` loads, on the CPU."""
+        raise NotImplementedError
+
+    def provenance(self) -> dict:
+        """Where the data comes from, as metrics.json and eval.json record it (MNIST: its folder)."""
+        return {}
+
+    def split(self, x: torch.Tensor, y: torch.Tensor, val_size: int) -> None:
+        """The training examples `x`, `y` split into train_x/y and val_x/y by `split_seed`, on the device."""
+        train_idx, val_idx = split_indices(len(x), val_size, self.split_seed)
+        self.split_digest = hashlib.sha256(val_idx.numpy().tobytes()).hexdigest()[:16]
+        self.train_x, self.train_y = x[train_idx].to(self.device), y[train_idx].to(self.device)
+        self.val_x, self.val_y = x[val_idx].to(self.device), y[val_idx].to(self.device)
 
     @property
     def device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit", "validate") and self.train_x is None:
-            images, labels = load_mnist(self.root, train=True)
-            x = to_features(images, self.normalize)
-            train_idx, val_idx = split_indices(len(x), self.val_size, self.split_seed)
-            self.split_digest = hashlib.sha256(val_idx.numpy().tobytes()).hexdigest()[:16]
-            self.train_x, self.train_y = x[train_idx].to(self.device), labels[train_idx].to(self.device)
-            self.val_x, self.val_y = x[val_idx].to(self.device), labels[val_idx].to(self.device)
-        if stage in (None, "test", "predict") and self.test_x is None:
-            images, labels = load_mnist(self.root, train=False)
-            self.test_x, self.test_y = to_features(images, self.normalize).to(self.device), labels.to(self.device)
 
     def _batches(self, x, y, batch_size: int, shuffle: bool, resume: dict | None = None) -> TensorBatches:
         trainer = self.trainer
@@ -266,3 +308,58 @@ class MNISTDataModule(pl.LightningDataModule):
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # batches are cut from tensors that already live on the training device
         return batch
+
+
+class MNISTDataModule(TensorDataModule):
+    """MNIST from torchvision's files, held as float tensors on the training device.
+
+    The official 60k training set is split into train/val by `split_seed`; the 10k test set is loaded
+    only for testing and never seen by training or model selection.
+    """
+
+    name = "MNIST"
+    image_shape = (28, 28)
+    input_size = 28 * 28
+    num_classes = 10
+    class_names = tuple("0123456789")
+    mean, std = MNIST_MEAN, MNIST_STD
+    # centred by centre of mass in 28x28 after fitting into 20x20 (LeCun et al.'s description of MNIST);
+    # its strokes' width (2 * area / perimeter of the ink): median 2.6, 5-95% 2.1-4.1
+    drawing = Drawing(box=20, centre="mass", stroke=2.6, levels=255)
+
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = True,
+        val_size: int = 12_000,
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        normalize: bool = False,
+        split_seed: int = 42,
+    ):
+        super().__init__(batch_size, eval_batch_size, normalize, split_seed)
+        if not 0 < val_size < NUM_TRAIN:
+            raise UserError(f"data.val_size={val_size} is not allowed: it must be between 1 and {NUM_TRAIN - 1}.")
+        self.root, self.download, self.val_size = root, download, val_size
+
+    def prepare_data(self) -> None:
+        if self.download:
+            for train in (True, False):
+                load_mnist(self.root, train=train, download=True)
+        else:
+            check_mnist_files(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_x is None:
+            images, labels = load_mnist(self.root, train=True)
+            self.split(self.to_features(images), labels, self.val_size)
+        if stage in (None, "test", "predict") and self.test_x is None:
+            images, labels = load_mnist(self.root, train=False)
+            self.test_x, self.test_y = self.to_features(images).to(self.device), labels.to(self.device)
+
+    def load_test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official 10k test images (uint8, N x 28 x 28, as the files hold them) and labels."""
+        return load_mnist(self.root, train=False, download=self.download)
+
+    def provenance(self) -> dict:
+        return {"data_root": str(Path(self.root).expanduser().resolve())}

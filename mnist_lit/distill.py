@@ -23,7 +23,8 @@ class DistillationClassifier(MNISTClassifier):
     (T^2 keeps the soft term's gradients on the scale of the hard one's as T changes). The teacher is a
     trained run's folder, read by `load_teacher(run_dir=teacher)` (the config passes
     `mnist_lit.runs.checkpoint.load_run`: its own config and best checkpoint, weights only, nothing unpickled
-    runs), which returns the run's `net` and its `normalize`. It sees the very batch the student trains on,
+    runs), which returns the run's `net` and its `datamodule` (built from its config, no data read): the
+    student's data must be of the same shape and scaling. It sees the very batch the student trains on,
     augmentation included.
 
     The teacher is kept out of the module tree on purpose: it is not in `parameters()` (so not in the
@@ -45,7 +46,7 @@ class DistillationClassifier(MNISTClassifier):
             run = load_teacher(run_dir=teacher)
         except UserError as err:
             raise UserError(f"model.teacher={teacher}: {err}") from None
-        self.teacher_normalize = run.normalize
+        self.teacher_data = run.datamodule  # the kind of inputs it was trained on
         for p in run.net.parameters():
             p.requires_grad_(False)
         object.__setattr__(self, "teacher", run.net.eval())  # not a submodule (see the class docstring)
@@ -54,12 +55,22 @@ class DistillationClassifier(MNISTClassifier):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        normalize = getattr(getattr(self.trainer, "datamodule", None), "normalize", None)
-        if normalize is not None and normalize != self.teacher_normalize:
+        data, teacher = getattr(self.trainer, "datamodule", None), self.teacher_data
+        if data is None:
+            return
+        if (data.image_shape, data.num_classes) != (teacher.image_shape, teacher.num_classes):
+            shape = "x".join(map(str, teacher.image_shape))
             raise UserError(
-                f"model.teacher was trained with data.normalize={self.teacher_normalize}, this run has "
-                f"data.normalize={normalize}: the teacher would see pixels scaled as it never was. Set "
-                f"data.normalize={self.teacher_normalize}."
+                f"model.teacher was trained on {teacher.name} ({shape} images, {teacher.num_classes} classes), "
+                f"this run's data is {data.name} ({'x'.join(map(str, data.image_shape))} images, "
+                f"{data.num_classes} classes): the teacher cannot read its digits. Pass a teacher trained on "
+                f"this run's data, or train on the teacher's."
+            )
+        if data.normalization != teacher.normalization:
+            raise UserError(
+                f"model.teacher was trained with data.normalize={teacher.normalize}, this run has "
+                f"data.normalize={data.normalize}: the teacher would see pixels scaled as it never was. Set "
+                f"data.normalize={teacher.normalize}."
             )
 
     def on_fit_start(self) -> None:

@@ -1,4 +1,4 @@
-"""Evaluate a trained run on the official test set: `python -m mnist_lit.evaluate run_dir=<run>` (see README).
+"""Evaluate a trained run on its data's test set: `python -m mnist_lit.evaluate run_dir=<run>` (see README).
 
 Prints test accuracy, loss and per-class accuracy; writes confusion_matrix.png, misclassified.png and
 eval.json into the run dir.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
@@ -17,29 +16,12 @@ from mnist_lit.config.messages import (
     refuse_added_keys,
     whole_number,
 )
-from mnist_lit.errors import UserError
 from mnist_lit.runs.files import check_writable
-from mnist_lit.scoring import NUM_CLASSES, Evaluation, evaluate_net
-
-if TYPE_CHECKING:
-    import torch
-
-
-def load_test_set(root: str, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official 10k test images (uint8, N x 28 x 28) and labels; an error says how to point at them."""
-    from mnist_lit.data import load_mnist
-
-    try:
-        return load_mnist(root, train=False, download=download)
-    except UserError as err:
-        raise UserError(
-            f"{err} (The run's own data.root is used unless you pass data.root=<folder>.)"
-        ) from None
-
+from mnist_lit.scoring import Evaluation, evaluate_net
 
 
 def report(result: Evaluation) -> str:
-    """The console summary: overall scores and a per-digit table."""
+    """The console summary: overall scores and a per-class table."""
     confusion = result.confusion
     lines = [
         f"test accuracy {result.accuracy:.2%} ({int(confusion.diag().sum())}/{len(result.labels)})   "
@@ -47,7 +29,7 @@ def report(result: Evaluation) -> str:
         "",
         "digit  count  accuracy  most often mistaken for",
     ]
-    for digit in range(NUM_CLASSES):
+    for digit in range(result.num_classes):
         row = confusion[digit].clone()
         total = int(row.sum())
         row[digit] = 0
@@ -59,17 +41,18 @@ def report(result: Evaluation) -> str:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the run's checkpoint on the test set, print the scores, write the figures and eval.json."""
-    from mnist_lit.runs.checkpoint import load_run
+    from mnist_lit.inference.loading import load, test_set
 
     refuse_added_keys(cfg, "evaluate")
     whole_number(cfg, "misclassified", 0)
-    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))  # a hostile run is refused before Lightning is
-    from mnist_lit.data import to_features
+    run = load(cfg)  # a hostile run is refused before anything is built
+    from mnist_lit.data import unit_pixels
     from mnist_lit.reporting.plots import confusion_matrix_figure, misclassified_figure, save
 
-    root = run.data_root(cfg.data.get("root"))
-    images, labels = load_test_set(root, cfg.data.get("download", False))
-    result = evaluate_net(run.net, to_features(images, run.normalize), labels)
+    data = run.datamodule
+    source = data.provenance()
+    images, labels = test_set(run)
+    result = evaluate_net(run.net, data.to_features(images), labels)
     out_dir = Path(cfg.get("output_dir") or run.run_dir)
     check_writable(out_dir, "output_dir")
 
@@ -78,14 +61,15 @@ def evaluate(cfg: DictConfig) -> dict:
         "confusion_matrix": save(
             confusion_matrix_figure(
                 result.confusion,
-                f"Confusion matrix on the MNIST test set (accuracy {result.accuracy:.2%})\n"
+                f"Confusion matrix on the {data.name} test set (accuracy {result.accuracy:.2%})\n"
                 f"{run.checkpoint.name}",
+                data.class_names,
             ),
             out_dir / "confusion_matrix.png",
         ),
         "misclassified": save(
             misclassified_figure(
-                images[worst],
+                unit_pixels(images[worst]),
                 labels[worst],
                 result.predicted[worst],
                 result.confidence[worst],
@@ -99,13 +83,14 @@ def evaluate(cfg: DictConfig) -> dict:
     summary = {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.checkpoint),
-        "data_root": root,
+        "data": data.name,
+        **source,  # where the test set came from (MNIST: data_root)
         "num_examples": len(labels),
         "test_acc": result.accuracy,
         "test_loss": result.loss,
         "per_class": {
             str(d): {"count": int(result.confusion[d].sum()), "accuracy": result.per_class_accuracy[d].item()}
-            for d in range(NUM_CLASSES)
+            for d in range(result.num_classes)
         },
         "confusion_matrix": result.confusion.tolist(),
         "misclassified": [
@@ -122,9 +107,10 @@ def evaluate(cfg: DictConfig) -> dict:
     files["eval"] = out_dir / "eval.json"
     files["eval"].write_text(json.dumps(summary, indent=2) + "\n")
 
+    where = ", ".join(map(str, source.values())) or "its source"
     print(
         f"run         {run.run_dir}\ncheckpoint  {run.checkpoint}\n"
-        f"test set    {len(labels)} digits from {root}\n"
+        f"test set    {data.name}: {len(labels)} digits from {where}\n"
     )
     print(report(result))
     print(f"\nwrote {', '.join(p.name for p in files.values())} to {out_dir}")

@@ -1,10 +1,11 @@
 """Export a trained run for inference without mnist-lit (see README):
 `python -m mnist_lit.export run_dir=<run> format=onnx` (or `format=torchscript`).
 
-The exported model takes `pixels`, float32 (N, 28, 28) in [0, 1] (a light digit on black, as MNIST and
-`mnist_lit.inference.preprocess.to_mnist` make them), and returns `probabilities`, float32 (N, 10): the run's pixel
-scaling and the softmax are part of it. After writing, the file is loaded back with its own runtime
-(onnxruntime, torch.jit) and its probabilities on the official test digits are compared with PyTorch's.
+The exported model takes `pixels`, float32 (N, H, W) in [0, 1], the run's data's image shape (MNIST's
+(N, 28, 28): a light digit on black, as MNIST and `mnist_lit.inference.preprocess.to_digit` make them), and
+returns `probabilities`, float32 (N, classes): the run's pixel scaling and the softmax are part of it. After
+writing, the file is loaded back with its own runtime (onnxruntime, torch.jit) and its probabilities on the
+run's test digits are compared with PyTorch's.
 
 ONNX goes through torch.onnx.export's torch.export-based ("dynamo") exporter, the default since torch 2.9;
 it needs the `onnxscript` package (`pip install -e ".[export]"`).
@@ -33,21 +34,29 @@ ONNX_OPSET = 18
 
 
 class ProbabilityModel(nn.Module):
-    """pixels (N, 28, 28) in [0, 1] -> probabilities (N, 10): the run's scaling, its network and a softmax."""
+    """pixels (N, H, W) in [0, 1] -> probabilities (N, classes): the data's scaling (a data module's
+    `input_size` and `normalization`), the network and a softmax."""
 
-    def __init__(self, net: nn.Module, normalize: bool):
-        from mnist_lit.data import MNIST_MEAN, MNIST_STD
-
+    def __init__(self, net: nn.Module, input_size: int, normalization: tuple[float, float] | None):
         super().__init__()
         self.net = net
-        self.normalize = normalize
-        self.mean, self.std = MNIST_MEAN, MNIST_STD
+        self.input_size, self.normalization = input_size, normalization
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = pixels.reshape(pixels.shape[0], 28 * 28)
-        if self.normalize:
-            x = (x - self.mean) / self.std
+        x = pixels.reshape(pixels.shape[0], self.input_size)
+        if self.normalization is not None:
+            x = (x - self.normalization[0]) / self.normalization[1]
         return self.net(x).softmax(dim=1)
+
+
+def input_text(data) -> str:
+    return (f"pixels: float32 [N, {', '.join(map(str, data.image_shape))}], values in [0, 1], light digit on "
+            f"black ({data.name} style)")
+
+
+def output_text(data) -> str:
+    return (f"probabilities: float32 [N, {data.num_classes}], of the classes "
+            f"{', '.join(data.class_names)}")
 
 
 def metadata(run, fmt: str) -> dict[str, str]:
@@ -55,13 +64,13 @@ def metadata(run, fmt: str) -> dict[str, str]:
         "producer": "mnist-lit",
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.checkpoint),
-        "input": "pixels: float32 [N, 28, 28], values in [0, 1], light digit on black (MNIST style)",
-        "output": "probabilities: float32 [N, 10], of the digits 0-9",
+        "input": input_text(run.datamodule),
+        "output": output_text(run.datamodule),
         "format": fmt,
     }
 
 
-def export_onnx(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
+def export_onnx(model: nn.Module, path: Path, meta: dict[str, str], example: torch.Tensor) -> None:
     try:
         import onnx
         import onnxscript  # noqa: F401  (the exporter needs it; failing here gives the better message)
@@ -70,7 +79,6 @@ def export_onnx(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
             f"format=onnx needs the onnx and onnxscript packages ({err}). Install them with "
             'pip install -e ".[export]" (or pip install onnx onnxscript onnxruntime).'
         ) from None
-    example = torch.rand(2, 28, 28)
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(
         model,
@@ -89,11 +97,11 @@ def export_onnx(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def export_torchscript(model: nn.Module, path: Path, meta: dict[str, str]) -> None:
+def export_torchscript(model: nn.Module, path: Path, meta: dict[str, str], example: torch.Tensor) -> None:
     with warnings.catch_warnings():
         # torch 2.14 marks TorchScript deprecated (README: prefer ONNX); it still works and is asked for
         warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(model, torch.rand(2, 28, 28))
+        traced = torch.jit.trace(model, example)
         torch.jit.save(traced, str(path), _extra_files={"mnist_lit.json": json.dumps(meta)})
 
 
@@ -119,8 +127,8 @@ def run_exported(path: Path, fmt: str, pixels: torch.Tensor) -> torch.Tensor:
 
 def export(cfg: DictConfig) -> dict:
     """Export the run's network, check the file against PyTorch on test digits; print and return the check."""
-    from mnist_lit.evaluate import load_test_set
-    from mnist_lit.runs.checkpoint import load_run
+    from mnist_lit.data import unit_pixels
+    from mnist_lit.inference.loading import load, test_set
     from mnist_lit.runs.files import check_writable
 
     refuse_added_keys(cfg, "export")
@@ -128,11 +136,13 @@ def export(cfg: DictConfig) -> dict:
     if fmt not in FORMATS:
         raise UserError(f"format={cfg.format} is not known; choose one of {', '.join(FORMATS)}.")
     whole_number(cfg, "check_digits", 1, 10_000)
-    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))
-    images, _ = load_test_set(run.data_root(cfg.data.get("root")), cfg.data.get("download", False))
-    pixels = images[: cfg.check_digits].float() / 255
+    run = load(cfg)
+    data = run.datamodule
+    images, _ = test_set(run)
+    pixels = unit_pixels(images[: cfg.check_digits])
 
-    model = ProbabilityModel(run.net, run.normalize).eval()
+    model = ProbabilityModel(run.net, data.input_size, data.normalization).eval()
+    example = torch.rand(2, *data.image_shape)
     path = Path(cfg.get("output") or run.run_dir / FORMATS[fmt])
     if path.is_dir():
         raise UserError(f"output={path} is a folder; give the file to write, e.g. "
@@ -143,9 +153,9 @@ def export(cfg: DictConfig) -> dict:
     partial = path.with_name(f".{path.name}.partial")
     try:
         if fmt == "onnx":
-            export_onnx(model, partial, meta)
+            export_onnx(model, partial, meta, example)
         else:
-            export_torchscript(model, partial, meta)
+            export_torchscript(model, partial, meta, example)
         with torch.inference_mode():
             expected = model(pixels)
         got = run_exported(partial, fmt, pixels)
@@ -159,6 +169,7 @@ def export(cfg: DictConfig) -> dict:
         "format": fmt,
         "checkpoint": str(run.checkpoint),
         "digits": len(pixels),
+        "input_shape": list(pixels.shape),
         "max_abs_diff": diff,
         "same_prediction": same,
         "ok": diff < TOLERANCE,
@@ -170,10 +181,10 @@ def export(cfg: DictConfig) -> dict:
         partial.unlink(missing_ok=True)
     done = "exported" if check["ok"] else "not written:"
     print(f"{done} {path} ({fmt}, {size:.2f} MB) from {run.checkpoint}")
-    print("  input  pixels: float32 [N, 28, 28] in [0, 1], light digit on black (as MNIST)")
-    print("  output probabilities: float32 [N, 10]")
+    print(f"  input  {input_text(data)}")
+    print(f"  output {output_text(data)}")
     print(
-        f"check on {len(pixels)} MNIST test digits: max |p_{fmt} - p_torch| = {diff:.2e} "
+        f"check on {len(pixels)} test digits of {data.name}: max |p_{fmt} - p_torch| = {diff:.2e} "
         f"({'<' if check['ok'] else 'NOT <'} {TOLERANCE:g}); same predicted digit for {same}/{len(pixels)}"
     )
     if not check["ok"]:

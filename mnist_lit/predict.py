@@ -37,7 +37,7 @@ class Prediction:
     top: list[tuple[int, float]] = field(default_factory=list)
     label: int | None = None  # the true digit, for test-set inputs
     error: str | None = None
-    pixels: torch.Tensor | None = None  # the 28x28 uint8 digit the model saw
+    pixels: torch.Tensor | None = None  # the digit the model saw: the data's shape, float in [0, 1]
 
     def as_dict(self) -> dict:
         out: dict = {"input": self.input}
@@ -109,20 +109,20 @@ def parse_indices(value) -> list[int]:
 
 @torch.inference_mode()
 def classify(
-    net: torch.nn.Module, digits: torch.Tensor, normalize: bool, top_k: int
+    net: torch.nn.Module, digits: torch.Tensor, datamodule, top_k: int
 ) -> list[list[tuple[int, float]]]:
-    """uint8 (N, 28, 28) digits -> for each, the top_k (digit, probability), most probable first."""
-    from mnist_lit.data import to_features
-
-    probs = net.eval()(to_features(digits, normalize)).float().softmax(1)
+    """(N, H, W) digits of `datamodule`'s data (uint8 bytes or float pixels in [0, 1]) -> for each, the top_k
+    (class, probability), most probable first."""
+    probs = net.eval()(datamodule.to_features(digits)).float().softmax(1)
     values, classes = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [list(zip(c.tolist(), v.tolist(), strict=True)) for c, v in zip(classes, values, strict=True)]
 
 
 def predict(cfg: DictConfig) -> list[Prediction]:
     """Load the run's network, preprocess every input, classify the usable ones; print and return all."""
+    from mnist_lit.data import unit_pixels
+    from mnist_lit.inference.loading import load, test_set
     from mnist_lit.inference.preprocess import load_digit
-    from mnist_lit.runs.checkpoint import load_run
 
     refuse_added_keys(cfg, "predict")
     if cfg.output not in OUTPUTS:
@@ -137,7 +137,8 @@ def predict(cfg: DictConfig) -> list[Prediction]:
             "nothing to predict: pass image files or folders, images=[a.png,b.jpg] or images=my_digits/, "
             "and/or test-set indices, index=2 or index=[0,1,2]."
         )
-    run = load_run(cfg.get("run_dir"), cfg.get("ckpt_path"))
+    run = load(cfg)
+    data = run.datamodule
 
     results: list[Prediction] = []
     for path in expand_images(images):
@@ -148,17 +149,14 @@ def predict(cfg: DictConfig) -> list[Prediction]:
             results.append(Prediction(input=str(path), error=error))
             continue
         try:
-            results.append(Prediction(input=str(path), pixels=load_digit(path)))
+            results.append(Prediction(input=str(path), pixels=load_digit(path, data)))
         except UserError as err:
             message = str(err)
             prefix = f"{path}: "
             results.append(Prediction(input=str(path), error=message.removeprefix(prefix)))
     if indices:
-        from mnist_lit.evaluate import load_test_set
-
-        test_images, test_labels = load_test_set(
-            run.data_root(cfg.data.get("root")), cfg.data.get("download", False)
-        )
+        test_images, test_labels = test_set(run)
+        test_images = unit_pixels(test_images)
         for i in indices:
             name = f"test[{i}]"
             if not 0 <= i < len(test_images):
@@ -172,7 +170,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
 
     usable = [r for r in results if r.error is None]
     if usable:
-        tops = classify(run.net, torch.stack([r.pixels for r in usable]), run.normalize, cfg.top_k)
+        tops = classify(run.net, torch.stack([r.pixels for r in usable]), data, cfg.top_k)
         for r, top in zip(usable, tops, strict=True):
             r.digit, r.top = top[0][0], top
 
@@ -193,7 +191,7 @@ def predict(cfg: DictConfig) -> list[Prediction]:
             predictions_figure(
                 torch.stack([r.pixels for r in usable]),
                 captions,
-                title="What the model saw (28x28 inputs) and its predictions",
+                title=f"What the model saw ({'x'.join(map(str, data.image_shape))} inputs) and its predictions",
             ),
             cfg.preview,
         )

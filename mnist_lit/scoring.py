@@ -8,16 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NUM_CLASSES = 10
-
 
 @dataclass
 class Evaluation:
     """A network's class probabilities on a labelled set, and the scores derived from them."""
 
-    probs: torch.Tensor  # (N, 10)
+    probs: torch.Tensor  # (N, classes)
     labels: torch.Tensor  # (N,)
     loss: float  # mean cross-entropy
+
+    @property
+    def num_classes(self) -> int:
+        return self.probs.shape[1]
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -34,9 +36,9 @@ class Evaluation:
 
     @property
     def confusion(self) -> torch.Tensor:
-        """(10, 10) counts: row = true digit, column = predicted digit."""
-        pairs = self.labels * NUM_CLASSES + self.predicted
-        return torch.bincount(pairs, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+        """(classes, classes) counts: row = true class, column = predicted class."""
+        n = self.num_classes
+        return torch.bincount(self.labels * n + self.predicted, minlength=n * n).reshape(n, n)
 
     @property
     def per_class_accuracy(self) -> torch.Tensor:
@@ -54,7 +56,7 @@ class Evaluation:
 def evaluate_net(
     net: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000
 ) -> Evaluation:
-    """The network's probabilities on (N, 784) features, in eval mode (restored afterwards), on the CPU."""
+    """The network's probabilities on (N, features) inputs, in eval mode (restored afterwards), on the CPU."""
     was_training = net.training
     net.eval()
     try:

@@ -52,6 +52,10 @@ EFFECTS = {
     ("callbacks", "early_stopping"): lambda d, m, c, lg, t: [x.patience for x in c if type(x).__name__
                                                              == "EarlyStopping"] == [3],
     ("callbacks", "none"): lambda d, m, c, lg, t: c == [],
+    ("data", "digits"): lambda d, m, c, lg, t: type(d).__name__ == "DigitsDataModule"
+    and m.net[0].in_features == 64 and m.net[-1].out_features == 10,
+    ("data", "mnist"): lambda d, m, c, lg, t: type(d).__name__ == "MNISTDataModule"
+    and m.net[0].in_features == 784 and m.net[-1].out_features == 10,
     ("debug", "fast_dev_run"): lambda d, m, c, lg, t: t.fast_dev_run == 1,
     ("debug", "limit"): lambda d, m, c, lg, t: (t.limit_train_batches, t.max_epochs, t.log_every_n_steps)
     == (20, 2, 5),

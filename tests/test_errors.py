@@ -51,7 +51,7 @@ CONFIG_CASES = [
     ("max-epochs-null", ["trainer.max_epochs=null"], ["trainer.max_epochs=null", "(or -1: no limit)"]),
     ("data-root-empty", ["data.root="], ["data.root is empty"]),
     ("run-dir-empty", ["hydra.run.dir="], ["hydra.run.dir is empty"]),
-    ("group-option", ["data=fashion"], ["data=fashion: data has no option 'fashion'", "one of: mnist"]),
+    ("group-option", ["data=fashion"], ["data=fashion: data has no option 'fashion'", "one of: digits, mnist"]),
     ("launcher-option", ["hydra/launcher=nope"], ["hydra/launcher has no option 'nope'", "joblib"]),
     ("group-with-a-dot", ["model.net=cnn"], ["model.net='cnn'", "model/net=cnn", "options: cnn, mlp"]),
     ("group-added-again", ["+data=mnist"], ["+data=...", "data=<option>, without the +"]),

@@ -80,14 +80,19 @@ def test_training_writes_curves_and_test_images(synthetic_run):
     assert np.allclose([h["val/acc"] for h in history], logged["val/acc"][: epoch + 1])
 
 
-def test_confusion_matrix_image_shades_cells_by_count():
+def test_confusion_matrix_as_an_image_shades_cells_by_count():
+    # as the callbacks log it to TensorBoard: the figure rendered into an RGB array
     confusion = torch.diag(torch.full((10,), 900))
     confusion[4, 9] = 7
-    image = plots.confusion_matrix_image(confusion, "Confusion matrix", cell=40)
-    assert image.dtype == np.uint8 and image.shape == (60 + 400 + 40, 40 + 400 + 20, 3)
+    fig = plots.confusion_matrix_figure(confusion, "Confusion matrix")
+    image = plots.figure_image(fig)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.shape[:2] == (round(fig.get_figheight() * plots.DPI), round(fig.get_figwidth() * plots.DPI))
+    ax = fig.axes[0]
 
-    def corner(i, j):  # a cell's top-left pixel, away from its number
-        return image[60 + 40 * i + 2, 40 + 40 * j + 2].astype(int)
+    def corner(i, j):  # a cell's top-left pixel, away from its number (matplotlib counts rows from the bottom)
+        x, y = ax.transData.transform((j - 0.4, i - 0.4))
+        return image[image.shape[0] - int(y), int(x)].astype(int)
 
     diagonal, rare, empty = corner(2, 2), corner(4, 9), corner(0, 1)
     assert diagonal.sum() < rare.sum() < empty.sum()  # darker blue for larger counts, on a log scale

@@ -140,9 +140,9 @@ def test_large_inverted_off_centre_test_digits_predict_as_the_originals(real_run
     for i in range(100):
         paths.append(tmp_path / f"digit{i}.png")
         inverted_large_off_centre(images[i], rng).save(paths[-1])
-    original = [top[0][0] for top in classify(run.net, images[:100], run.normalize, 1)]
+    original = [top[0][0] for top in classify(run.net, images[:100], run.datamodule, 1)]
     from_files = [
-        top[0][0] for top in classify(run.net, torch.stack([load_digit(p) for p in paths]), run.normalize, 1)
+        top[0][0] for top in classify(run.net, torch.stack([load_digit(p) for p in paths]), run.datamodule, 1)
     ]
     same = sum(a == b for a, b in zip(original, from_files, strict=True))
     assert same >= 95, f"only {same}/100 large inverted off-centre digits predicted as their originals"
@@ -169,7 +169,7 @@ def test_drawn_and_photographed_digits_are_recognised(real_run, tmp_path):
             make(d).save(paths[-1])
         predicted = [
             top[0][0]
-            for top in classify(run.net, torch.stack([load_digit(p) for p in paths]), run.normalize, 1)
+            for top in classify(run.net, torch.stack([load_digit(p) for p in paths]), run.datamodule, 1)
         ]
         correct = sum(p == d for d, p in enumerate(predicted))
         assert correct >= 9, f"{style}: predicted {predicted} for 0-9"

@@ -10,6 +10,7 @@ from omegaconf import MISSING, OmegaConf
 
 from mnist_lit.config import schema
 from mnist_lit.data import MNISTDataModule
+from mnist_lit.digits import DigitsDataModule
 from mnist_lit.distill import DistillationClassifier
 from mnist_lit.model import CNN, MLP
 from mnist_lit.module import MNISTClassifier
@@ -37,6 +38,8 @@ def groups_chosen(path: Path) -> dict:
 def resolved(value):
     if isinstance(value, str) and value == "${seed}":
         return SEED
+    if isinstance(value, str) and value.startswith("${datamodule:"):  # what the default data, MNIST's, says
+        return resolved(getattr(MNISTDataModule, value[len("${datamodule:"):].rstrip("}")))
     if isinstance(value, str) and value.startswith("${oc.env:"):
         return value.split(",", 1)[1].rstrip("}")  # the default when the variable is unset
     return list(value) if isinstance(value, (tuple, list)) else value
@@ -53,6 +56,7 @@ def fields_of(cls) -> set[str]:
 
 CASES = {
     "data": (Path("data/mnist.yaml"), ".", schema.DataConfig, MNISTDataModule),
+    "data=digits": (Path("data/digits.yaml"), ".", schema.DigitsDataConfig, DigitsDataModule),
     "model.net": (Path("model/net/mlp.yaml"), ".", schema.NetConfig, MLP),
     "model.net=cnn": (Path("model/net/cnn.yaml"), ".", schema.CNNConfig, CNN),
     "model": (Path("model/mlp.yaml"), ".", schema.ModelConfig, MNISTClassifier),
@@ -91,7 +95,7 @@ def test_top_level_keys_agree():
 
 def test_schema_fields_are_missing_unless_optional():
     # defaults live in the YAML files; a default here would be a second copy that can drift
-    for cls in (schema.DataConfig, schema.NetConfig, schema.CNNConfig, schema.ModelConfig,
+    for cls in (schema.DataConfig, schema.DigitsDataConfig, schema.NetConfig, schema.CNNConfig, schema.ModelConfig,
                 schema.DistillModelConfig, schema.TrainConfig):
         for f in dataclasses.fields(cls):
             if f.default is not MISSING and f.default is not dataclasses.MISSING:

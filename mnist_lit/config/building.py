@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.errors import UserError, user_error_of
+
+# what a config may ask of its data module with ${datamodule:<name>}: the class attributes that say what its
+# data is like (mnist_lit.data.TensorDataModule), known without reading any data
+DATAMODULE_ATTRIBUTES = ("image_shape", "input_size", "num_classes")
+
+
+def datamodule_attribute(name: str, *, _root_: DictConfig):
+    """`${datamodule:input_size}`: an attribute of the data module class that the config's data._target_
+    names, so that the networks' sizes follow `data=...` (conf/model/net/mlp.yaml's input_size)."""
+    from hydra.utils import get_class
+
+    if name not in DATAMODULE_ATTRIBUTES:
+        raise UserError(f"${{datamodule:{name}}}: a data module says only its "
+                        f"{', '.join(DATAMODULE_ATTRIBUTES)}; use one of those.")
+    target = OmegaConf.select(_root_, "data._target_")
+    if not isinstance(target, str):
+        raise UserError(f"${{datamodule:{name}}} needs a data module, and the config has no data._target_: "
+                        "choose a dataset with data=<option> (python -m mnist_lit.train --help lists them).")
+    value = getattr(get_class(target), name)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("datamodule"):
+        OmegaConf.register_new_resolver("datamodule", datamodule_attribute)
 
 
 def build(node: DictConfig, key: str, **kwargs):

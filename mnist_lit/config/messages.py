@@ -160,7 +160,10 @@ def unknown_key(override: str, full_key: str, parent, command: str = "python -m 
     if close:
         message += f" (did you mean {where + '.' if where else ''}{close[0]}?)"
     message += f"; it has {', '.join(keys)}."
-    if "_target_" in parent and not is_dataclass(OmegaConf.get_type(parent)) and not override.startswith("+"):
+    # an object whose config has no schema may take arguments it does not list; a data module's has one,
+    # checked by validate (schema.DATA_SCHEMAS), though Hydra does not know it
+    typed = is_dataclass(OmegaConf.get_type(parent)) or where == "data"
+    if "_target_" in parent and not typed and not override.startswith("+"):
         message += f" To pass one it does not set yet, add it with +{override}."
     return message + f" {command} --cfg job prints the whole config."
 

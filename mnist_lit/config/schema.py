@@ -1,8 +1,9 @@
 """The config schema: the type of every key (Hydra checks it while composing) and the allowed values.
 
 `register()` (called by the entry points) stores `train_schema` in Hydra's ConfigStore, where it heads
-conf/train.yaml's defaults list: a wrong type (`data.batch_size=abc`), an unknown key (`+data.foo=1`) or an
-unknown group option (`data=foo`) is refused by Hydra itself, before anything runs. Default values live in
+conf/train.yaml's defaults list: a wrong type (`model.net.dropout=abc`), an unknown key or an unknown group
+option (`data=foo`) is refused by Hydra itself, before anything runs; `validate` checks a data module's keys
+and types (DATA_SCHEMAS) and keys added with `+`. Default values live in
 the YAML files and the constructors; fields here are MISSING unless the YAML may leave them out, and
 tests/test_schema.py fails when a YAML key, a field here and a constructor parameter disagree. Values of the
 right type but outside the allowed range are refused by the objects' constructors (data sizes, hidden
@@ -29,6 +30,16 @@ class DataConfig:
     _target_: str = MISSING
     root: str = MISSING
     download: bool = MISSING
+    val_size: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    normalize: bool = MISSING
+    split_seed: int = MISSING
+
+
+@dataclass
+class DigitsDataConfig:
+    _target_: str = MISSING
     val_size: int = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
@@ -81,7 +92,8 @@ class DistillModelConfig(ModelConfig):
 
 @dataclass
 class TrainConfig:
-    data: DataConfig = MISSING
+    # typed by validate(), with DATA_SCHEMAS' schema of the data module chosen
+    data: Any = MISSING
     model: ModelConfig = MISSING
     # Lightning's Trainer arguments are many; its own checks name the bad one
     trainer: Dict[str, Any] = MISSING  # noqa: UP006
@@ -107,6 +119,15 @@ def register() -> None:
     store.store(name="mlp_schema", node=NetConfig)
     store.store(name="cnn_schema", node=CNNConfig)
     store.store(name="distill_schema", node=DistillModelConfig)
+
+
+# each data module's schema (conf/data/<option>.yaml), by its _target_. Not at the head of the option's
+# defaults list as the networks' are: Hydra lets `+data=mnist` (an option added twice) pass for an option
+# that has a defaults list
+DATA_SCHEMAS = {
+    "mnist_lit.data.MNISTDataModule": DataConfig,
+    "mnist_lit.digits.DigitsDataModule": DigitsDataConfig,
+}
 
 
 def _positive_number(value: Any) -> bool:
@@ -152,6 +173,9 @@ def validate(cfg: DictConfig) -> None:
         node = OmegaConf.select(cfg, key)
         if isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node)):
             OmegaConf.update(schema, key, OmegaConf.structured(OmegaConf.get_type(node)), merge=False)
+    data_schema = DATA_SCHEMAS.get(str(OmegaConf.select(cfg, "data._target_")))
+    if data_schema is not None:
+        OmegaConf.update(schema, "data", OmegaConf.structured(data_schema), merge=False)
     try:  # keys added with `+` bypass Hydra's check; a merge into the schema (as plain dicts) finds them
         OmegaConf.merge(schema, OmegaConf.to_container(cfg))
     except OmegaConfBaseException as err:

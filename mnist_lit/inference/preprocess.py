@@ -1,8 +1,10 @@
-"""Any picture of one digit -> a 28x28 MNIST-style digit, made the way MNIST's digits were made.
+"""Any picture of one digit -> a digit of a dataset's shape, made the way that dataset's digits were made.
 
-MNIST's digits are light ink on a black background, cropped to the digit, scaled to fit a 20x20 box
-keeping their aspect ratio (anti-aliased), and placed in a 28x28 field so that their centre of mass is
-at the centre. A network trained on them only recognises inputs made the same way, so `to_mnist`:
+A network only recognises inputs made as its training digits were, and a data module says how its were
+(`image_shape` and `drawing`, mnist_lit/data.py). MNIST's, for one, are light ink on a black background,
+cropped to the digit, scaled to fit a 20x20 box keeping their aspect ratio (anti-aliased), and placed in a
+28x28 field so that their centre of mass is at the centre; scikit-learn's 8x8 digits (data=digits) are 32x32
+black-and-white bitmaps of a digit filling their height, counted in 4x4 blocks. `to_digit`:
 
 1. reads the picture upright (EXIF orientation), flattens transparency onto a contrasting background
    and converts it to grayscale;
@@ -10,8 +12,10 @@ at the centre. A network trained on them only recognises inputs made the same wa
 3. measures the ink against the paper around it, so a photo's shadows and uneven lighting are no ink;
 4. keeps the digit's strokes: pixels clearly above the paper's noise, in connected pieces, without
    specks and without clutter that runs along the picture's edge (a table, the paper's edge);
-5. adjusts the stroke width to MNIST's (a thin pen on a large canvas would otherwise vanish);
-6. crops, fits into 20x20 and centres by centre of mass in 28x28, with values in [0, 255].
+5. adjusts the stroke width to that of handwritten digits of the size it will have (a thin pen on a large
+   canvas would otherwise vanish);
+6. crops, fits into the dataset's box and centres it in its field (by centre of mass, or its bounding
+   box), counting blocks of a finer bitmap where the dataset did, with values in [0, 1].
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnist_lit.data import Drawing, MNISTDataModule
 from mnist_lit.errors import UserError
 
-BOX, FIELD = 20, 28
-# MNIST's stroke width in the 28x28 field (2 * area / perimeter of the ink): median 2.6, 5-95% 2.1-4.1
-STROKE_MIN, STROKE_TARGET, STROKE_MAX = 1.8, 2.6, 6.0
+# strokes between these multiples of the dataset's typical width are left as drawn (MNIST: 1.8-6.0 pixels for
+# its 2.6, whose 5-95% are 2.1-4.1)
+STROKE_KEPT = (1.8 / 2.6, 6.0 / 2.6)
 # pictures are scaled down to this many pixels on the long side first: plenty for a 20x20 result
 WORK_SIZE = 1024
 
@@ -157,14 +162,14 @@ def _bbox(mask: np.ndarray) -> tuple[slice, slice]:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _adjust_stroke(values: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
-    """Thicken (or thin) the strokes so that, scaled by `scale`, they are about as wide as MNIST's."""
+def _adjust_stroke(values: np.ndarray, mask: np.ndarray, scale: float, target: float) -> np.ndarray:
+    """Thicken (or thin) the strokes so that, scaled by `scale`, they are about `target` pixels wide."""
     from scipy import ndimage
 
     width = stroke_width(mask) * scale
-    if STROKE_MIN <= width <= STROKE_MAX:
+    if STROKE_KEPT[0] * target <= width <= STROKE_KEPT[1] * target:
         return values
-    radius = (STROKE_TARGET - width) / scale / 2  # pixels to add (or remove) on each side of a stroke
+    radius = (target - width) / scale / 2  # pixels to add (or remove) on each side of a stroke
     if radius > 0:
         distance = ndimage.distance_transform_edt(~mask)
         return np.maximum(values, np.clip(radius + 0.5 - distance, 0, 1))
@@ -172,10 +177,15 @@ def _adjust_stroke(values: np.ndarray, mask: np.ndarray, scale: float) -> np.nda
     return values * np.clip(distance + radius + 0.5, 0, 1)
 
 
-def to_mnist(image) -> torch.Tensor:
-    """A PIL image of one digit -> uint8 (28, 28), light digit on black, as MNIST's digits were made."""
+def to_digit(image, image_shape: tuple[int, int], drawing: Drawing) -> torch.Tensor:
+    """A PIL image of one digit -> float32 `image_shape` pixels in [0, 1], light digit on black, made as a
+    dataset's digits were made (`drawing`: its data module's)."""
     from scipy import ndimage
     from torchvision.transforms.v2.functional import resize
+
+    # drawn at the resolution of the dataset's bitmaps (MNIST's own pixels; the digits' 32x32), counted down
+    box = drawing.box * drawing.blocks
+    field_height, field_width = (side * drawing.blocks for side in image_shape)
 
     ink, sigma = ink_image(grayscale(image))
     mask, level, threshold = digit_mask(ink, sigma)
@@ -190,29 +200,45 @@ def to_mnist(image) -> torch.Tensor:
     cols = slice(max(cols.start - pad, 0), cols.stop + pad)
     values, mask = values[rows, cols], mask[rows, cols]
     rows, cols = _bbox(mask)
-    values = _adjust_stroke(values, mask, BOX / max(rows.stop - rows.start, cols.stop - cols.start))
+    values = _adjust_stroke(values, mask, box / max(rows.stop - rows.start, cols.stop - cols.start),
+                            drawing.stroke)
 
     digit = values[_bbox(values > 0.05)]
     h, w = digit.shape
-    scale = BOX / max(h, w)
-    size = [max(1, round(h * scale)), max(1, round(w * scale))]
+    scale = box / max(h, w)
+    size = [min(max(1, round(h * scale)), field_height), min(max(1, round(w * scale)), field_width)]
     small = resize(torch.from_numpy(np.ascontiguousarray(digit))[None], size, antialias=True)[0].clamp(0, 1)
 
-    # MNIST put the centre of mass at pixel (14, 14) by an integer shift
-    total = small.sum()
-    cy = float((small.sum(1) * torch.arange(size[0])).sum() / total)
-    cx = float((small.sum(0) * torch.arange(size[1])).sum() / total)
-    top = min(max(round(FIELD / 2 - cy), 0), FIELD - size[0])
-    left = min(max(round(FIELD / 2 - cx), 0), FIELD - size[1])
-    field = torch.zeros(FIELD, FIELD)
+    if drawing.centre == "mass":  # its centre of mass at the field's centre, by an integer shift (MNIST)
+        total = small.sum()
+        cy = float((small.sum(1) * torch.arange(size[0])).sum() / total)
+        cx = float((small.sum(0) * torch.arange(size[1])).sum() / total)
+        top = min(max(round(field_height / 2 - cy), 0), field_height - size[0])
+        left = min(max(round(field_width / 2 - cx), 0), field_width - size[1])
+    else:  # its bounding box centred
+        top, left = (field_height - size[0]) // 2, (field_width - size[1]) // 2
+    field = torch.zeros(field_height, field_width)
     field[top : top + size[0], left : left + size[1]] = small
-    return field.mul(255).round().to(torch.uint8)
+    if drawing.blocks > 1:  # a black-and-white bitmap, each pixel of the digit the share of ink in its block
+        field = torch.nn.functional.avg_pool2d((field > 0.5).float()[None], drawing.blocks)[0]
+    if drawing.levels:
+        field = field.mul(drawing.levels).round().div(drawing.levels)
+    return field
 
 
-def load_digit(path: str | Path) -> torch.Tensor:
-    """The image file at `path` as a uint8 (28, 28) MNIST digit; UserError naming the file if it cannot be."""
+def to_mnist(image) -> torch.Tensor:
+    """A PIL image of one digit -> uint8 (28, 28), light digit on black, as MNIST's digits were made."""
+    digit = to_digit(image, MNISTDataModule.image_shape, MNISTDataModule.drawing)
+    return digit.mul(255).round().to(torch.uint8)
+
+
+def load_digit(path: str | Path, datamodule=None) -> torch.Tensor:
+    """The image file at `path` as a digit of `datamodule`'s data (to_digit: float pixels in [0, 1]), or
+    without one as MNIST's uint8 (28, 28) bytes (to_mnist); UserError naming the file if it cannot be."""
     image = open_image(path)
     try:
-        return to_mnist(image)
+        if datamodule is None:
+            return to_mnist(image)
+        return to_digit(image, datamodule.image_shape, datamodule.drawing)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None

@@ -18,8 +18,6 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from mnist_lit.data import to_pixels
-
 log = logging.getLogger(__name__)
 
 
@@ -207,7 +205,7 @@ class LogSampleDigits(pl.Callback):
         from mnist_lit.reporting.plots import labelled_grid
 
         x, y = dm.train_x[: self.count], dm.train_y[: self.count].tolist()
-        grid = labelled_grid(to_pixels(x, dm.normalize), [str(label) for label in y])
+        grid = labelled_grid(dm.to_pixels(x), [dm.class_names[label] for label in y])
         for lg in tensorboards(trainer):
             lg.experiment.add_image("samples/train_digits", grid, global_step=trainer.global_step)
 
@@ -262,15 +260,18 @@ class LogTestImages(pl.Callback):
         dm = trainer.datamodule
         if not tensorboards(trainer) or getattr(dm, "test_x", None) is None:
             return
-        from mnist_lit.reporting.plots import confusion_matrix_image, labelled_grid
+        from mnist_lit.reporting.plots import confusion_matrix_figure, figure_image, labelled_grid
         from mnist_lit.scoring import evaluate_net
 
         result = evaluate_net(pl_module.net, dm.test_x, dm.test_y)
         worst = result.most_confident_errors(self.count)
-        matrix = confusion_matrix_image(result.confusion, f"Confusion matrix: test accuracy {result.accuracy:.2%}")
+        matrix = figure_image(confusion_matrix_figure(
+            result.confusion, f"Confusion matrix: test accuracy {result.accuracy:.2%}", dm.class_names))
         # "true>predicted" on each digit (`python -m mnist_lit.evaluate` draws the captioned figure)
-        captions = [f"{int(t)}>{int(p)}" for t, p in zip(result.labels[worst], result.predicted[worst], strict=True)]
-        grid = labelled_grid(to_pixels(dm.test_x[worst], dm.normalize), captions, nrow=6, scale=3) if captions else None
+        names = dm.class_names
+        pairs = zip(result.labels[worst].tolist(), result.predicted[worst].tolist(), strict=True)
+        captions = [f"{names[t]}>{names[p]}" for t, p in pairs]
+        grid = labelled_grid(dm.to_pixels(dm.test_x[worst]), captions, nrow=6, scale=3) if captions else None
         for lg in tensorboards(trainer):
             lg.experiment.add_image("test/confusion_matrix", matrix, global_step=trainer.global_step,
                                     dataformats="HWC")
@@ -281,7 +282,7 @@ class LogTestImages(pl.Callback):
 
 # plumbing that does not change results: where the data is, how it is batched for speed, eval batch size
 NOT_HPARAMS = {"root", "download", "eval_batch_size", "num_classes", "input_size", "fused", "foreach",
-               "capturable", "total_steps", "cycle_momentum", "image_size"}
+               "capturable", "total_steps", "cycle_momentum", "image_size", "image_shape"}
 
 
 HPARAM_PARTS = ("net", "optimizer", "scheduler", "augment")  # the model's parts, by their own names

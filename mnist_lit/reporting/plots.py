@@ -1,8 +1,8 @@
 """Figures a person looks at: learning curves, confusion matrix, misclassified digits, predictions, digit grids.
 
-Figures are built with matplotlib's object API (no pyplot): no GUI backend, no global figure state. Images for
-TensorBoard, drawn at the end of every run, are drawn with Pillow, which takes milliseconds where matplotlib
-takes about a second.
+Figures are built with matplotlib's object API (no pyplot): no GUI backend, no global figure state.
+`figure_image` renders one into an image array for TensorBoard; the grids of many digits that the callbacks
+log are drawn with Pillow.
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ def save(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     return path
+
+
+def figure_image(fig: Figure, dpi: int = DPI) -> np.ndarray:
+    """The figure rendered as a uint8 (H, W, 3) RGB image (TensorBoard's add_image with dataformats="HWC")."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def learning_curves_figure(history: Sequence[dict]) -> Figure:
@@ -57,8 +67,11 @@ def learning_curves_figure(history: Sequence[dict]) -> Figure:
     return fig
 
 
-def confusion_matrix_figure(confusion: torch.Tensor, title: str = "Confusion matrix") -> Figure:
-    """Counts of (true, predicted) digits; the colour is on a log scale so that rare confusions show."""
+def confusion_matrix_figure(
+    confusion: torch.Tensor, title: str = "Confusion matrix", class_names: Sequence[str] | None = None
+) -> Figure:
+    """Counts of (true, predicted) classes, labelled with `class_names` (default: their numbers); the colour
+    is on a log scale so that rare confusions show."""
     from matplotlib.colors import LogNorm
 
     counts = confusion.cpu().numpy()
@@ -83,47 +96,13 @@ def confusion_matrix_figure(confusion: torch.Tensor, title: str = "Confusion mat
                     color="white" if dark else "black",
                     fontweight="bold" if i == j else "normal",
                 )
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    ax.set_xticks(range(n), names)
+    ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted digit")
     ax.set_ylabel("true digit")
     ax.set_title(title)
     return fig
-
-
-def confusion_matrix_image(confusion: torch.Tensor, title: str, cell: int = 56) -> np.ndarray:
-    """The confusion matrix as a uint8 (H, W, 3) image drawn with Pillow, for TensorBoard at the end of a run.
-
-    Same content as confusion_matrix_figure (counts in log-scaled blue cells, true digits down, predicted
-    across) in a few milliseconds: matplotlib takes about a second to lay out and render that figure.
-    """
-    from matplotlib import colormaps
-    from PIL import Image, ImageDraw, ImageFont
-
-    counts = confusion.cpu().numpy()
-    n = counts.shape[0]
-    shade = np.log(np.maximum(counts, 1)) / np.log(max(int(counts.max()), 2))
-    colours = (colormaps["Blues"](shade)[..., :3] * 255).astype(np.uint8)
-    font, small = ImageFont.load_default(size=cell // 3), ImageFont.load_default(size=cell // 4)
-    left, top = cell, cell + cell // 2
-    image = Image.new("RGB", (left + n * cell + cell // 2, top + n * cell + cell), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, cell // 4), title, fill="black", font=font)
-    for i in range(n):
-        draw.text((left // 2, top + i * cell + cell // 2), str(i), fill="black", font=font, anchor="mm")
-        draw.text((left + i * cell + cell // 2, top + n * cell + cell // 4), str(i), fill="black", font=font,
-                  anchor="mt")
-        for j in range(n):
-            x, y = left + j * cell, top + i * cell
-            draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=tuple(int(c) for c in colours[i, j]))
-            if counts[i, j]:
-                dark = counts[i, j] > np.sqrt(max(counts.max(), 1))
-                draw.text((x + cell // 2, y + cell // 2), str(counts[i, j]), font=small, anchor="mm",
-                          fill="white" if dark else "black")
-    draw.text((left + n * cell // 2, top + n * cell + 3 * cell // 4), "predicted digit", fill="black",
-              font=small, anchor="mm")
-    draw.text((4, top - cell // 3), "true", fill="black", font=small)
-    return np.asarray(image)
 
 
 def digits_figure(
@@ -133,7 +112,7 @@ def digits_figure(
     ncols: int = 6,
     colours: Sequence[str] | None = None,
 ) -> Figure:
-    """A grid of 28x28 digits (uint8 or [0, 1]), dark ink on white as on paper, a caption over each."""
+    """A grid of (N, H, W) digits (uint8 or [0, 1]), dark ink on white as on paper, a caption over each."""
     count = len(images)
     ncols = max(1, min(ncols, count))
     nrows = max(1, -(-count // ncols))
@@ -146,9 +125,9 @@ def digits_figure(
         if k >= count:
             ax.axis("off")
             continue
-        ax.imshow(pixels[k].reshape(28, 28).numpy(), cmap="gray_r", vmin=0, vmax=1)
+        ax.imshow(pixels[k].numpy(), cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(captions[k], fontsize=9, color=colours[k] if colours else "black")
-        # a light frame shows the 28x28 field the digit sits in
+        # a light frame shows the field the digit sits in
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
@@ -178,21 +157,24 @@ def misclassified_figure(
 def predictions_figure(
     images: torch.Tensor, captions: Sequence[str], title: str = "What the model saw"
 ) -> Figure:
-    """The 28x28 inputs the model was given (after preprocessing), with their predictions."""
+    """The inputs the model was given (after preprocessing), with their predictions."""
     return digits_figure(images, captions, title)
 
 
 def labelled_grid(images: torch.Tensor, labels: list[str], nrow: int = 8, scale: int = 2) -> torch.Tensor:
-    """A (3, H, W) uint8 grid of 28x28 digits with a label drawn in the corner of each."""
-    import numpy as np
+    """A (3, H, W) uint8 grid of (N, h, w) digits in [0, 1] with a label drawn in the corner of each; each
+    digit enlarged `scale` times, and more for small ones (at least 56 pixels), so that its label fits."""
     from PIL import Image, ImageDraw
     from torchvision.utils import make_grid
 
-    grid = make_grid(images.reshape(-1, 1, 28, 28).float().cpu(), nrow=nrow, padding=2, pad_value=0.5)
+    height, width = images.shape[-2:]
+    scale = max(scale, -(-56 // max(height, width)))
+    grid = make_grid(images.reshape(-1, 1, height, width).float().cpu(), nrow=nrow, padding=2, pad_value=0.5)
     pil = Image.fromarray(grid.mul(255).clamp(0, 255).byte().permute(1, 2, 0).numpy())
     pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(pil)
     for i, text in enumerate(labels):
         row, col = divmod(i, nrow)
-        draw.text((scale * (2 + col * 30) + 2, scale * (2 + row * 30)), text, fill=(255, 64, 64))
+        corner = (scale * (2 + col * (width + 2)) + 2, scale * (2 + row * (height + 2)))
+        draw.text(corner, text, fill=(255, 64, 64))
     return torch.from_numpy(np.array(pil)).permute(2, 0, 1)

@@ -53,9 +53,11 @@ SAFE_TARGETS = frozenset(
     )]
     + [f"lightning.pytorch.loggers.{name}" for name in ("TensorBoardLogger", "CSVLogger", "MLFlowLogger")]
 )
-# OmegaConf resolvers that only read a value (an environment variable, Hydra's own config, the time);
-# oc.create / oc.decode would build a config (with a `_target_`) out of a string, others are unknown code
-SAFE_RESOLVERS = frozenset({"oc.env", "hydra", "now"})
+# OmegaConf resolvers that only read a value (an environment variable, Hydra's own config, the time, what the
+# data module that data._target_ names, checked here like any target, says of its data: mnist_lit/config/
+# building.py); oc.create / oc.decode would build a config (with a `_target_`) out of a string, others are
+# unknown code
+SAFE_RESOLVERS = frozenset({"oc.env", "hydra", "now", "datamodule"})
 # the only Hydra settings a recorded override may change: where the run writes (Hydra itself never
 # records hydra.* overrides in overrides.yaml; these are harmless if someone wrote them by hand)
 SAFE_HYDRA_KEYS = frozenset({"hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.job.chdir"})

@@ -15,7 +15,8 @@ Every step turns the user's possible mistakes into a UserError that names the fi
 - `read_recorded_overrides(run_dir)`: the run's recorded command-line overrides, for `resume=`, refused
   likewise (and any Hydra setting, command-line flag or config group option that is no file of conf/);
 - `load_run(run_dir=..., ckpt_path=...)`: all of the above, returning a `Run` (config, network in eval
-  mode on the CPU, checkpoint path) for evaluate, predict, export and a teacher.
+  mode on the CPU, checkpoint path, the data module its config describes) for evaluate, predict, export
+  (through mnist_lit/inference/loading.py) and a teacher.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import re
 import zipfile
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,8 @@ from mnist_lit.runs.allowlist import check_network, check_override, check_tree
 if TYPE_CHECKING:  # torch is imported where it is used: `resume=` refuses a hostile folder before it
     import torch
     from torch import nn
+
+    from mnist_lit.data import TensorDataModule
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
@@ -54,15 +58,38 @@ class Run:
     checkpoint: Path
     run_dir: Path
 
+    @cached_property
+    def datamodule(self) -> TensorDataModule:
+        """The run's data module, built from its own config (no data is read until asked)."""
+        return self.data_module()
+
+    def data_module(self, **given) -> TensorDataModule:
+        """The run's data module, built from its own config with the keys `given` that are not None (a
+        command's data.root=...) instead of the config's; its data.root, when it has one, is data_root's."""
+        from mnist_lit.config.building import build
+
+        data = self.cfg.data
+        unknown = [key for key, value in given.items() if value is not None and key not in data]
+        if unknown:
+            raise UserError(
+                f"data.{unknown[0]}={given[unknown[0]]}: the run's data ({data.get('_target_')}) has no key "
+                f"{unknown[0]} (its keys: {', '.join(k for k in data if not k.startswith('_'))}). Leave it out: "
+                "the run's own data config is used."
+            )
+        kwargs = {key: value for key, value in given.items() if value is not None}
+        if "root" in data:
+            kwargs["root"] = self.data_root(given.get("root"))
+        return build(data, f"data of {self.run_dir / CONFIG_FILE}", **kwargs)
+
     @property
     def normalize(self) -> bool:
         """Whether the network was trained on standardised pixels (data.normalize)."""
-        return bool(OmegaConf.select(self.cfg, "data.normalize", default=False))
+        return self.datamodule.normalization is not None
 
     def data_root(self, override: str | None = None) -> str:
-        """The MNIST folder: `override` when given, else the folder the run trained on (metrics.json's
-        data_root, where it still is), else its data.root resolved here and now (`${oc.env:MNIST_ROOT,data}`
-        depends on the shell)."""
+        """The data folder (data.root): `override` when given, else the folder the run trained on
+        (metrics.json's data_root, where it still is), else its data.root resolved here and now
+        (`${oc.env:MNIST_ROOT,data}` depends on the shell)."""
         if override:
             return str(override)
         trained_on = read_metrics(self.run_dir).get("data_root")

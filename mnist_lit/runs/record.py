@@ -158,9 +158,9 @@ class RunRecord:
             "steps": trainer.global_step,
             "fit_seconds": round(self.previous_fit + fit_seconds, 3),
             "seed": self.cfg.seed,
-            "data_root": str(Path(self.datamodule.root).resolve()),
+            **self.datamodule.provenance(),  # where the data came from (MNIST: data_root)
             "split_seed": self.datamodule.split_seed,
-            "split_digest": getattr(self.datamodule, "split_digest", None),
+            "split_digest": self.datamodule.split_digest,
             "trainable_params": sum(p.numel() for p in self.module.net.parameters() if p.requires_grad),
             "device": device_name(trainer),
             # whether the grouped steps trained (mnist_lit.speed.grouped.GroupedSteps), or Lightning's standard path
