@@ -10,6 +10,12 @@ from torch import nn
 from mnist_lit.errors import UserError
 
 
+def check_dropout(dropout: float) -> None:
+    """Every network's dropout: a probability of dropping, so 1 would drop everything."""
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"model.net.dropout={dropout} must be in [0, 1).")
+
+
 class MLP(nn.Sequential):
     """784 -> hidden_sizes... -> 10, ReLU between layers, optional dropout after each hidden layer.
 
@@ -32,8 +38,7 @@ class MLP(nn.Sequential):
         sizes = [input_size, *hidden_sizes]
         if any(not isinstance(s, int) or s <= 0 for s in sizes) or num_classes <= 0:
             raise UserError(f"model.net.hidden_sizes={list(hidden_sizes)} must be positive integers, e.g. [128].")
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"model.net.dropout={dropout} must be in [0, 1).")
+        check_dropout(dropout)
         layers: list[nn.Module] = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(n_in, n_out), nn.ReLU()]
@@ -83,8 +88,7 @@ class CNN(nn.Sequential):
             )
         if kernel_size <= 0 or kernel_size % 2 == 0:
             raise UserError(f"model.net.kernel_size={kernel_size} must be a positive odd integer, e.g. 5.")
-        if not 0.0 <= dropout < 1.0:
-            raise UserError(f"model.net.dropout={dropout} must be in [0, 1).")
+        check_dropout(dropout)
         layers: list[nn.Module] = [nn.Unflatten(1, (1, side, side))]
         for c_in, c_out in zip([1, *channels[:-1]], channels, strict=True):
             layers += [

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import statistics
 import sys
@@ -22,6 +21,7 @@ from omegaconf import OmegaConf
 
 from mnist_lit.config.messages import report_user_errors
 from mnist_lit.errors import UserError
+from mnist_lit.runs.checkpoint import metrics_of
 
 SEED_KEYS = ("seed",)
 
@@ -43,14 +43,11 @@ def load_job(folder: Path, metric: str) -> dict:
     # how a job was started again (a resumed sweep's later jobs), not what it ran
     job = {"job": folder.name,
            "overrides": {k: v for k, v in given.items() if k not in ("resume", "ckpt_path")}}
-    try:
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except FileNotFoundError:
+    metrics, problem = metrics_of(folder)
+    if problem == "missing":
         metrics = {"status": "unfinished"}  # still running, or killed before it could write anything
-    except ValueError:
-        metrics = {"status": "unreadable", "error": "metrics.json is not valid JSON"}
-    if not isinstance(metrics, dict):
-        metrics = {"status": "unreadable", "error": "metrics.json holds no JSON object"}
+    elif problem is not None:
+        metrics = {"status": "unreadable", "error": problem}
     values = metrics.get("metrics") or {}
     job |= {
         "metric": values.get(metric),

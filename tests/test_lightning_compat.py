@@ -1,4 +1,4 @@
-"""Each Lightning internal that mnist_lit/speed/lightning_compat.py touches does what the speed layer relies on.
+"""Each Lightning internal that mnist_lit/lightning_compat.py touches does what the speed layer relies on.
 
 A Lightning release that renames or changes one of them fails here, by name, before any training test;
 pyproject bounds lightning to the releases this passed on.
@@ -11,7 +11,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from mnist_lit.speed import lightning_compat as compat
+from mnist_lit import lightning_compat as compat
 
 
 class Steps(pl.LightningModule):
@@ -188,3 +188,19 @@ def test_pyproject_bounds_lightning_to_the_tested_release():
     assert installed in spec, f"lightning {installed} is outside mnist-lit's tested range {spec}"
     assert any(s.operator == "<" for s in spec), "pyproject must bound lightning above"
     assert not spec.contains(f"{installed.major}.{installed.minor + 1}.0")
+
+
+def test_the_training_bar_counts_epochs_from_1():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class Bar(compat.EpochsFromOne, RichProgressBar):
+        pass
+
+    bar = Bar()
+    bar._trainer = SimpleNamespace(max_epochs=10)  # what RichProgressBar.trainer reads
+    # Lightning's own reads "Epoch 2/9" here, padded to the validation bar's description
+    assert RichProgressBar._get_train_description(bar, 2).strip() == "Epoch 2/9"
+    assert bar._get_train_description(2).strip() == "Epoch 3/10"
+    assert len(bar._get_train_description(2)) == len(RichProgressBar._get_train_description(bar, 2))

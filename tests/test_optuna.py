@@ -106,7 +106,7 @@ def test_pruned_trials_are_recorded_as_pruned(synthetic_root, tmp_path):
     for i in (0, 1):
         m = metrics(tmp_path / str(i))
         assert m["status"] == "pruned" and m["epochs"] == 0
-        assert f"trial {i} pruned after epoch 0" in m["pruned"]
+        assert f"trial {i} pruned after epoch 1" in m["pruned"]  # counted from 1
         assert m["best_val_acc"] is not None
         # in TensorBoard's HPARAMS table beside the completed trials, with the scores they reached
         _, tags, _, _ = hparams_of(tmp_path / str(i) / "tensorboard")
@@ -237,8 +237,8 @@ def test_confirm_refuses_a_folder_without_a_search(tmp_path, capsys):
 
 
 def test_resume_repeats_only_plain_search_overrides(tmp_path):
-    from mnist_lit.errors import UserError
     from mnist_lit.cli.resume import expand_resume
+    from mnist_lit.errors import UserError
     from mnist_lit.search.study import SWEEPER_TARGET, search_resume
 
     def folder(hydra_overrides, task_overrides):

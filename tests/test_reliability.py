@@ -46,7 +46,7 @@ def test_huge_learning_rate_diverges_at_once(synthetic_root, tmp_path, capfd):
         code, output = cli(capfd, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}",
                            *SYNTHETIC_OVERRIDES, "trainer.max_epochs=2", "model.optimizer.lr=1e3")
     assert code == 1 and "Traceback" not in output
-    assert "training diverged" in output and "epoch 0" in output and "no checkpoint" in output
+    assert "training diverged" in output and "epoch 1 reached" in output and "no checkpoint" in output
     # no best score yet, and no warning about asking for one
     assert not [w for w in caught if "MaxMetric was called before" in str(w.message)]
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
@@ -72,7 +72,7 @@ def test_sigterm_saves_a_resumable_checkpoint(synthetic_root, tmp_path):
     marker.unlink()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-3000:]
-    assert "interrupted by SIGTERM in epoch 0 after 10 optimizer steps" in err  # 2 training_steps of 5
+    assert "interrupted by SIGTERM in epoch 1 after 10 optimizer steps" in err  # counted from 1  # 2 training_steps of 5
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["steps"] == 10
     ckpt = torch.load(metrics["resume_checkpoint"], weights_only=True)
@@ -151,5 +151,5 @@ def test_divergence_checks_judge_without_waiting_for_the_gpu(monkeypatch, gpu):
         return
     stop.on_train_batch_end(trainer, module, None, None, 0)  # judges step 5's reading: fine
     trainer.global_step = 15
-    with pytest.raises(reliability.Diverged, match="epoch 2 reached 1e\\+09 by optimizer step 10"):
+    with pytest.raises(reliability.Diverged, match="epoch 3 reached 1e\\+09 by optimizer step 10"):
         stop.on_train_batch_end(trainer, module, None, None, 0)

@@ -81,7 +81,7 @@ def test_sigint_mid_epoch_then_resume_matches_uninterrupted_run(synthetic_root, 
     marker.unlink()  # after the signal: the run goes on to the end of this training_step, then stops
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in err and f"resume={run}" in err and "interrupted by SIGINT in epoch 2" in err
+    assert "Traceback" not in err and f"resume={run}" in err and "interrupted by SIGINT in epoch 3" in err
     interrupted = json.loads((run / "metrics.json").read_text())
     assert interrupted["status"] == "interrupted" and interrupted["steps"] == 2 * 16 + 6
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

@@ -20,8 +20,8 @@ import yaml
 from conftest import PROJECT, SYNTHETIC_OVERRIDES, compose, run_cli
 from omegaconf import OmegaConf
 
-from mnist_lit.errors import RunStopped, UserError
 from mnist_lit.cli.resume import expand_resume
+from mnist_lit.errors import RunStopped, UserError
 from mnist_lit.runs.folders import prepare_attempt
 
 TESTS = Path(__file__).resolve().parent

@@ -114,7 +114,7 @@ def register() -> None:
     """Store the schema in Hydra's ConfigStore, where conf/train.yaml's defaults list finds it."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    # [cnn hook] the schemas that conf/model/net/{mlp,cnn}.yaml and conf/model/distill.yaml start with
+    # the schemas that conf/model/net/{mlp,cnn}.yaml and conf/model/distill.yaml start with
     # at the root, not in those groups: `--help` would list them as options to choose
     store.store(name="mlp_schema", node=NetConfig)
     store.store(name="cnn_schema", node=CNNConfig)
@@ -168,7 +168,7 @@ def validate(cfg: DictConfig) -> None:
     if unset:
         raise UserError("invalid config: " + "; ".join(unset) + ".")
     schema = OmegaConf.structured(TrainConfig)
-    # [cnn hook] options with a schema of their own: model=distill, model/net=cnn
+    # options with a schema of their own: model=distill, model/net=cnn
     for key in ("model", "model.net"):
         node = OmegaConf.select(cfg, key)
         if isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node)):
@@ -205,14 +205,14 @@ def validate(cfg: DictConfig) -> None:
         problems.append(f"steps_per_execution={cfg.steps_per_execution}: must be a positive integer (1: no grouping)")
     if not 0.0 <= cfg.model.label_smoothing <= 1.0:
         problems.append(f"model.label_smoothing={cfg.model.label_smoothing}: must be in [0, 1]")
-    if "max_epochs" in cfg.trainer and cfg.trainer.max_epochs is None:  # Lightning would train 1000 epochs
-        problems.append("trainer.max_epochs=null: give a number of epochs (or -1: no limit)")
     if not str(cfg.data.get("root", "x")).strip():  # the current folder, where a download would land
         problems.append("data.root is empty: give the folder that holds MNIST/raw (or leave it out)")
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and (not isinstance(max_epochs, int) or isinstance(max_epochs, bool)
-                                   or not (max_epochs > 0 or max_epochs == -1)):
-        problems.append(f"trainer.max_epochs={max_epochs!r}: must be a positive integer (or -1: no limit)")
+    if "max_epochs" in cfg.trainer:
+        max_epochs = cfg.trainer.max_epochs
+        if max_epochs is None:  # Lightning would train 1000 epochs
+            problems.append("trainer.max_epochs=null: give a number of epochs (or -1: no limit)")
+        elif not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or not (max_epochs > 0 or max_epochs == -1):
+            problems.append(f"trainer.max_epochs={max_epochs!r}: must be a positive integer (or -1: no limit)")
     for key in ("accumulate_grad_batches", "check_val_every_n_epoch"):
         value = cfg.trainer.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

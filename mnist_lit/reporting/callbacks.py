@@ -1,5 +1,5 @@
-"""The callbacks mnist-lit adds to Lightning's own: what a run shows (progress, network summary, curves,
-images) and where its scalars sit on TensorBoard's step axis.
+"""The callbacks mnist-lit adds to Lightning's own: what a run shows (network summary, curves, images) and
+where its scalars sit on TensorBoard's step axis. The progress bar and the epoch lines: progress.py.
 
 Every scalar and image is logged against optimizer steps (`trainer.global_step`): validation after the first
 epoch of the tutorial at step 1500, whether or not steps are grouped (mnist_lit/speed/grouped.py).
@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
@@ -47,15 +45,6 @@ class _DropNoise(logging.Filter):
 
 def tensorboards(trainer: pl.Trainer) -> list[TensorBoardLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)] if trainer.is_global_zero else []
-
-
-def steps_per_epoch(trainer: pl.Trainer) -> int:
-    """Optimizer steps in a training epoch (a loader of step groups says how many it holds)."""
-    loader = trainer.train_dataloader
-    steps = getattr(loader, "steps_per_epoch", None)
-    if steps is None:  # Lightning also steps after an epoch's last, incomplete accumulation
-        steps = -(-trainer.num_training_batches // trainer.accumulate_grad_batches)
-    return int(steps)
 
 
 class HostCopy:
@@ -134,42 +123,6 @@ class TrainingCurve(pl.Callback):
             values = {"train/loss_running": float(loss), "train/acc_running": float(acc), "lr": float(lr)}
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=step)
-
-
-class StepProgressBar(RichProgressBar):
-    """Rich's progress bar, counting optimizer steps (1500 an epoch at batch 32) and redrawn about once a
-    second: a redraw costs about as much as a step of this MLP."""
-
-    steps_in_groups = True
-
-    def __init__(self, refresh_rate: int = 10, leave: bool = False, update_seconds: float = 1.0):
-        super().__init__(refresh_rate=refresh_rate, leave=leave)
-        self.update_seconds = update_seconds
-        self._last_update = 0.0
-
-    @property
-    def total_train_batches(self) -> int:
-        return steps_per_epoch(self.trainer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = time.monotonic()
-        if now - self._last_update < self.update_seconds:
-            return
-        self._last_update = now
-        total = self.total_train_batches
-        done = max(0, min(trainer.global_step - trainer.current_epoch * total, total))
-        # Rich's bar shows batch_idx + 1 done: here, the optimizer steps of the epoch so far
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, done - 1)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        super().on_train_batch_end(trainer, pl_module, None, None, self.total_train_batches - 1)
-        super().on_train_epoch_end(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        # the module logs an epoch's train/loss and train/acc after this callback's epoch end: the last
-        # epoch's would never be shown
-        super().on_train_epoch_end(trainer, pl_module)
-        super().on_train_end(trainer, pl_module)
 
 
 class NetworkSummary(pl.Callback):

@@ -37,7 +37,9 @@ SAFE_TARGETS = frozenset(
         "mnist_lit.data.MNISTDataModule",
         "mnist_lit.augment.RandomAffine",
         "mnist_lit.digits.DigitsDataModule",
-        *[f"mnist_lit.reporting.callbacks.{name}" for name in CALLBACKS],
+        *[f"mnist_lit.reporting.callbacks.{name}" for name in CALLBACKS if name != "StepProgressBar"],
+        "mnist_lit.reporting.progress.StepProgressBar",
+        "mnist_lit.reporting.progress.EpochLines",
         "mnist_lit.runs.folders.ClaimRunDir",  # conf/train.yaml's hydra.callbacks
         # the names these classes had before the package was split into subpackages: runs trained then load
         *[f"mnist_lit.callbacks.{name}" for name in CALLBACKS],

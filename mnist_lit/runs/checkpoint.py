@@ -163,13 +163,23 @@ def first_sentence(text: str) -> str:
     return first if len(first) <= 240 else first[:240].rsplit(" ", 1)[0] + " ..."
 
 
-def read_metrics(folder: Path) -> dict:
-    """The run's metrics.json; {} where there is none, or none that reads as a JSON object."""
+def metrics_of(folder: Path) -> tuple[dict, str | None]:
+    """The run's metrics.json and None; or {} and why there is none to use: "missing" (the run is still
+    running, or was killed before writing it), or what is wrong with the file."""
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
+    except FileNotFoundError:
+        return {}, "missing"
     except (OSError, ValueError):
-        return {}
-    return metrics if isinstance(metrics, dict) else {}
+        return {}, "metrics.json is not valid JSON"
+    if not isinstance(metrics, dict):
+        return {}, "metrics.json holds no JSON object"
+    return metrics, None
+
+
+def read_metrics(folder: Path) -> dict:
+    """The run's metrics.json; {} where there is none, or none that reads as a JSON object."""
+    return metrics_of(folder)[0]
 
 
 @dataclass

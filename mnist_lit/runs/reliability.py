@@ -101,7 +101,7 @@ class StopOnSignal(pl.Callback):
         if trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
             path = last_checkpoint_path(trainer)
             cb = trainer.checkpoint_callback
-            if cb is not None and cb.save_last:  # #13: it is the run's last.ckpt, also in epoch 0: a resume
+            if cb is not None and cb.save_last:  # it is the run's last.ckpt, also in epoch 0: a resume
                 cb.last_model_path = str(path)  # then overwrites it instead of adding last-v1.ckpt
             trainer.save_checkpoint(path, weights_only=False)  # the whole state (unsaid: Lightning logs it)
             raise Interrupted(self.signum or signal.SIGINT, str(path))
@@ -145,7 +145,7 @@ class StopOnDivergence(pl.Callback):
         loss = float(reading.read())
         if trainer.strategy.reduce_boolean_decision(not loss <= self.LIMIT, all=False):  # NaN fails <= too
             raise Diverged(
-                f"training diverged: the mean training loss of epoch {epoch} reached {loss:.3g} by optimizer "
+                f"training diverged: the mean training loss of epoch {epoch + 1} reached {loss:.3g} by optimizer "
                 f"step {step} (NaN, infinite or above {self.LIMIT:g}; guessing scores 2.3)"
             )
 
@@ -266,7 +266,7 @@ def end_early(err: BaseException, stop: StopOnSignal, record, fit_seconds: float
                              "run the command again.", "interrupted", code) from None
         record.write("interrupted", fit_seconds, {}, resume_checkpoint=checkpoint)
         raise RunStopped(
-            f"interrupted by {name} in epoch {trainer.current_epoch} after {trainer.global_step} optimizer "
+            f"interrupted by {name} in epoch {trainer.current_epoch + 1} after {trainer.global_step} optimizer "
             f"steps; saved the resumable checkpoint {checkpoint} (metrics.json: status interrupted). Continue "
             f"the run with: python -m mnist_lit.train {continue_command()}", "interrupted", code) from None
     if isinstance(err, Diverged):

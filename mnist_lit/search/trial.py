@@ -46,7 +46,7 @@ class ReportToTrial(pl.Callback):
             self.trial.report(float(value), step=epoch)
         # every process takes rank 0's decision, so that all of them stop together
         if trainer.strategy.broadcast(trainer.is_global_zero and self.trial.should_prune()):
-            raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch}: {self.monitor}="
+            raise TrialPruned(f"trial {self.trial.number} pruned after epoch {epoch + 1}: {self.monitor}="
                               f"{float(value):.4f} is below what the study's pruner lets through")
 
 

@@ -11,7 +11,7 @@ a CPU), the same metrics at the same optimizer steps, the same checkpoints, prog
 
 The layer replaces no method of the module or the datamodule: it groups the batches of the datamodule's
 train_dataloader(), and Lightning's loop hands each group to it instead of to the module's training_step
-(mnist_lit/speed/lightning_compat.py, with every other Lightning internal the layer writes). For the fit the
+(mnist_lit/lightning_compat.py, with every other Lightning internal the layer writes). For the fit the
 module optimizes manually (`automatic_optimization`, Lightning's switch for it): Lightning then leaves the
 optimizer and the scheduler to the layer's steps.
 
@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Checkpoint
 
+from mnist_lit import lightning_compat as compat
 from mnist_lit.errors import UserError
 from mnist_lit.module import MNISTClassifier
 from mnist_lit.reporting.callbacks import HostCopy, TrainingCurve
-from mnist_lit.speed import lightning_compat as compat
 
 log = logging.getLogger(__name__)
 

@@ -91,3 +91,14 @@ def saves_within_epochs(checkpoint: Checkpoint) -> bool:
     """Whether a checkpoint callback saves every n training steps or every so much time (mid-epoch, per batch:
     it would see one batch per group), rather than at epoch ends. ModelCheckpoint keeps both settings private."""
     return bool(getattr(checkpoint, "_every_n_train_steps", 0) or getattr(checkpoint, "_train_time_interval", None))
+
+
+class EpochsFromOne:
+    """A RichProgressBar mixin: its training bar reads "Epoch 3/10" in the third of ten epochs, where Lightning's
+    own description (its private `_get_train_description`) reads "Epoch 2/9"."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        described = super()._get_train_description(current_epoch)
+        total = self.trainer.max_epochs
+        ours = f"Epoch {current_epoch + 1}" + (f"/{total}" if total is not None and total > 0 else "")
+        return f"{ours:{len(described)}}"  # Lightning pads it to the validation bar's description
