@@ -117,8 +117,6 @@ def to_features(images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of range(n) into (train, val) index tensors."""
-    if not 0 < val_size < n:
-        raise UserError(f"data.val_size={val_size} is not allowed: it must be between 1 and {n - 1}.")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_size:], perm[:val_size]
 
@@ -229,17 +227,21 @@ class TensorDataModule(pl.LightningDataModule):
     input_size: int
     num_classes: int
     class_names: tuple[str, ...]
+    num_train: int  # the examples split into train and val (the test set apart)
     mean: float
     std: float
     drawing: Drawing
 
-    def __init__(self, batch_size: int, eval_batch_size: int, normalize: bool, split_seed: int):
+    def __init__(self, val_size: int, batch_size: int, eval_batch_size: int, normalize: bool, split_seed: int):
         super().__init__()
         if batch_size <= 0 or eval_batch_size <= 0:
             raise UserError(
                 f"data.batch_size={batch_size} and data.eval_batch_size={eval_batch_size} must both be positive integers."
             )
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        if not 0 < val_size < self.num_train:  # checked before any data is read
+            raise UserError(f"data.val_size={val_size} is not allowed: it must be between 1 and "
+                            f"{self.num_train - 1} (of the {self.num_train:,} {self.name} examples outside the test set).")
+        self.val_size, self.batch_size, self.eval_batch_size = val_size, batch_size, eval_batch_size
         self.normalize, self.split_seed = normalize, split_seed
         # of the validation indices: the same for runs validated on the same examples
         self.split_digest: str | None = None
@@ -322,6 +324,7 @@ class MNISTDataModule(TensorDataModule):
     input_size = 28 * 28
     num_classes = 10
     class_names = tuple("0123456789")
+    num_train = NUM_TRAIN
     mean, std = MNIST_MEAN, MNIST_STD
     # centred by centre of mass in 28x28 after fitting into 20x20 (LeCun et al.'s description of MNIST);
     # its strokes' width (2 * area / perimeter of the ink): median 2.6, 5-95% 2.1-4.1
@@ -337,10 +340,8 @@ class MNISTDataModule(TensorDataModule):
         normalize: bool = False,
         split_seed: int = 42,
     ):
-        super().__init__(batch_size, eval_batch_size, normalize, split_seed)
-        if not 0 < val_size < NUM_TRAIN:
-            raise UserError(f"data.val_size={val_size} is not allowed: it must be between 1 and {NUM_TRAIN - 1}.")
-        self.root, self.download, self.val_size = root, download, val_size
+        super().__init__(val_size, batch_size, eval_batch_size, normalize, split_seed)
+        self.root, self.download = root, download
 
     def prepare_data(self) -> None:
         if self.download:

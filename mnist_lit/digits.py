@@ -58,6 +58,7 @@ class DigitsDataModule(TensorDataModule):
     input_size = 8 * 8
     num_classes = 10
     class_names = tuple("0123456789")
+    num_train = NUM_TRAIN
     # of all 1,797 digits' pixels in [0, 1]
     mean, std = 0.3053, 0.3760
     # the digit scaled to fit the 32x32 bitmap, centred, then counted in 4x4 blocks; strokes 6 bitmap pixels
@@ -72,11 +73,7 @@ class DigitsDataModule(TensorDataModule):
         normalize: bool = False,
         split_seed: int = 42,
     ):
-        super().__init__(batch_size, eval_batch_size, normalize, split_seed)
-        if not 0 < val_size < NUM_TRAIN:
-            raise UserError(f"data.val_size={val_size} is not allowed: it must be between 1 and "
-                            f"{NUM_TRAIN - 1} (the digits outside the test set).")
-        self.val_size = val_size
+        super().__init__(val_size, batch_size, eval_batch_size, normalize, split_seed)
 
     def prepare_data(self) -> None:
         load_digits()  # a missing scikit-learn is named now, before any other work
