@@ -103,6 +103,8 @@ def test_on_a_terminal_a_live_bar_counts_epochs_from_1(tmp_path, synthetic_root)
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
     assert "Epoch 1/2" in plain and "Epoch 2/2" in plain  # the bar's own count, from 1
     assert "Epoch 0/1" not in plain and "Epoch 1/1" not in plain
+    # while the first epoch runs, its running training scores (no epoch has logged any yet)
+    assert re.search(r"Epoch 1/2 .*train/loss: \d", plain.replace("\n", " "))
     lines = epoch_lines(plain.replace("\r", "\n"))
     assert [line[:2] for line in lines] == [("1", "2"), ("2", "2")]  # each kept once, above the bar
     assert epoch_lines((tmp_path / "run" / "train.log").read_text()) == lines

@@ -150,6 +150,15 @@ class StepProgressBar(EpochsFromOne, RichProgressBar):
     def total_train_batches(self) -> int:
         return steps_per_epoch(self.trainer)
 
+    def get_metrics(self, trainer, pl_module) -> dict:
+        """During training, this epoch's running train/loss and train/acc (one host read a redraw), beside
+        the last epoch's validation scores."""
+        metrics = super().get_metrics(trainer, pl_module)
+        if (trainer.training and hasattr(pl_module, "train_metrics")
+                and trainer.global_step > trainer.current_epoch * self.total_train_batches):  # a step this epoch
+            metrics.update({name: f"{float(value):.3f}" for name, value in pl_module.train_metrics().items()})
+        return metrics
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.monotonic()
         if now - self._last_update < self.update_seconds:
