@@ -116,6 +116,10 @@ class TrainingCurve(pl.Callback):
             metrics = pl_module.train_metrics()
             self.log_points(trainer, [(trainer.global_step, metrics["train/loss"], metrics["train/acc"], lr)])
 
+    def logged_elsewhere(self, step: int) -> None:
+        """The points up to `step` are logged by their producer (the grouped steps log each group's)."""
+        self.last_step = step
+
     @staticmethod
     def log_points(trainer: pl.Trainer, points) -> None:
         """Log (step, running loss, running accuracy, lr) points."""

@@ -278,7 +278,7 @@ class GroupedSteps(pl.Callback):
         if self.curve is not None:
             # the group's points are logged here: the curve's own per-batch point at the group's end would
             # come twice (and on a GPU read its values before the next group is launched)
-            self.curve.last_step = trainer.global_step
+            self.curve.logged_elsewhere(trainer.global_step)
             if points:
                 # logged at the next group (or before anything else is logged): reading now would make the
                 # host wait for this group's steps on a GPU, and launch the next group only then
