@@ -82,7 +82,7 @@ def _train(cfg: DictConfig, stop) -> dict:
     return record.complete()
 
 
-@command("train", trains=True)
+@command("train", trains=True, check=schema.validate)
 def main(cfg: DictConfig) -> float | None:
     """One run, or one job of a sweep: returns the metric a sweeper optimises."""
     return train(cfg)["metrics"].get(cfg.get("optimized_metric"))

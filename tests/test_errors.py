@@ -296,3 +296,36 @@ def test_a_key_added_to_a_command_that_ignores_it_is_refused(command, added, exp
     with pytest.raises(UserError) as refused:
         entry(compose(command, f"run_dir={tmp_path}", added))
     assert str(refused.value).startswith(expected)
+
+
+@pytest.mark.parametrize(("command", "args", "expected"), [
+    ("train", ["--cfg", "job", "+foo=1"], "error: invalid config: +foo: the config has no key 'foo'"),
+    ("train", ["--cfg", "all", "+data.batchsize=3"], "did you mean data.batch_size?"),
+    ("train", ["--cfg", "hydra", "seed=-1"], "error: invalid config: seed=-1: must be between 0 and"),
+    ("train", ["--info", "config", "model.optimizer.lr=-1"], "model.optimizer.lr=-1: must be a number > 0"),
+    ("evaluate", ["--cfg", "job", "+misclasified=3"], "(did you mean misclassified?)"),
+])
+def test_printing_the_config_checks_it_as_a_run_would(command, args, expected):
+    """`--cfg` and `--info config` print the config instead of running: what a run refuses, they refuse."""
+    refused = run_cli(f"mnist_lit.{command}", *args)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("error: ") and expected in refused.stderr, refused.stderr
+    assert refused.stdout == ""  # no config printed
+    shown = run_cli(f"mnist_lit.{command}", *args[:2])
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    assert "seed:" in shown.stdout or "misclassified:" in shown.stdout or "run:" in shown.stdout
+
+
+def test_the_flags_that_print_the_config_are_read_as_hydra_reads_them():
+    """mnist_lit.config.messages.check_shown_config reads the command line with Hydra's own parser."""
+    import importlib
+
+    from hydra._internal.utils import get_args_parser
+
+    # the parser hydra.main parses sys.argv with
+    assert importlib.import_module("hydra.main").get_args_parser is get_args_parser
+    args = get_args_parser().parse_args(["--cfg", "job", "-cn", "evaluate", "+foo=1", "seed=2"])
+    assert (args.cfg, args.info, args.config_name) == ("job", None, "evaluate")
+    assert args.overrides == ["+foo=1", "seed=2"]
+    assert get_args_parser().parse_args(["--info"]).info == "all"
+    assert get_args_parser().parse_args(["-i", "config"]).info == "config"

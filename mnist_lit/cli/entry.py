@@ -21,7 +21,12 @@ from omegaconf import DictConfig
 from mnist_lit import CONF_DIR
 from mnist_lit.cli.resume import expand_resume
 from mnist_lit.config import schema
-from mnist_lit.config.messages import explain_hydra_errors, report_user_errors
+from mnist_lit.config.messages import (
+    check_shown_config,
+    explain_hydra_errors,
+    refuse_added_keys,
+    report_user_errors,
+)
 from mnist_lit.runs.folders import continue_attempts, sweep_end_message
 from mnist_lit.search.sweep import keep_sweeping
 
@@ -29,8 +34,12 @@ from mnist_lit.search.sweep import keep_sweeping
 schema.register()
 
 
-def command(config_name: str, trains: bool = False) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
-    """`python -m mnist_lit.<command> [overrides]`: the decorated function runs once per job."""
+def command(config_name: str, trains: bool = False, check: Callable[[DictConfig], object] | None = None
+            ) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
+    """`python -m mnist_lit.<command> [overrides]`: the decorated function runs once per job. `check` (by
+    default: no key added that conf/<config_name>.yaml lacks) is what a run checks first; a command line
+    that prints the config (`--cfg`) goes through it too."""
+    check = check or functools.partial(refuse_added_keys, config_name=config_name)
 
     def decorate(task: Callable[[DictConfig], object]) -> Callable[[], None]:
         job = report_user_errors(keep_sweeping(continue_attempts(task)) if trains else task)
@@ -50,6 +59,7 @@ def command(config_name: str, trains: bool = False) -> Callable[[Callable[[DictC
         def main() -> None:
             if trains:
                 report_user_errors(lambda: sys.argv.__setitem__(slice(1, None), expand_resume(sys.argv[1:])))()
+            report_user_errors(check_shown_config)(config_name, check, sys.argv[1:])
             explain_hydra_errors(composed, sweep_end_message)()  # errors: SystemExit with their own code
             if finished == [True]:
                 exit_without_teardown()

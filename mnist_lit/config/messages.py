@@ -1,5 +1,6 @@
 """A user's mistake as one paragraph that names the problem and the fix, no traceback: Hydra's composition
-errors, keys a config does not have, and the decorator that prints a UserError and exits 1."""
+errors, keys a config does not have, a config checked as a run's before `--cfg` prints it, and the decorator
+that prints a UserError and exits 1."""
 
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def explain_hydra_errors(entry: Callable[[], T], explain: Callable[[Exception], 
 
     Hydra prints an unknown key, an unknown option, a value of the wrong type or an override it cannot parse
     in several lines that end in advice about HYDRA_FULL_ERROR, and for a misspelt key it suggests
-    `+key=...`, which the schema then refuses. The one read of Hydra's internals: its `hydra.main` calls
+    `+key=...`, which the schema then refuses. A read of Hydra's internals: its `hydra.main` calls
     `hydra._internal.utils.run_and_report` around composing the config and running the job
     (tests/test_errors.py fails if that changes).
     """
@@ -124,6 +125,34 @@ def _composing(err: Exception) -> bool:
         return True
     theirs = (str(Path(hydra.__file__).parent), str(Path(omegaconf.__file__).parent), __file__)
     return all(frame.filename.startswith(theirs) for frame in frames)
+
+
+def check_shown_config(config_name: str, check: Callable[[DictConfig], object], argv: list[str]) -> None:
+    """For a command line that prints the config instead of running (`--cfg job|hydra|all`, `--info` of the
+    config): `check` (the checks of a run) on that config first, so what a run refuses is refused here too,
+    where Hydra would print it unchecked. A command line Hydra cannot compose is left to Hydra's report.
+
+    A read of Hydra's internals: the argument parser its `hydra.main` parses with
+    (`hydra._internal.utils.get_args_parser`), to read the flags and the overrides as Hydra does
+    (tests/test_errors.py fails if that changes).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    args = get_args_parser().parse_args(argv)
+    if args.cfg is None and args.info not in ("all", "config"):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(args.config_name or config_name, args.overrides, return_hydra_config=True)
+    except Exception:  # Hydra says what is wrong with the command line when it composes it again
+        return
+    HydraConfig.instance().set_config(cfg)  # ${hydra:...} keys resolve as in a run
+    with open_dict(cfg):
+        del cfg["hydra"]
+    check(cfg)
 
 
 def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
