@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from mnist_lit.config.messages import report_user_errors
 from mnist_lit.errors import UserError
-from mnist_lit.runs.checkpoint import metrics_of
+from mnist_lit.runs.checkpoint import is_run_dir, metrics_of
 
 SEED_KEYS = ("seed",)
 
@@ -165,6 +165,10 @@ def summarize(sweep_dir: Path, use_csv: bool = False, plot_path: Path | None = N
     """The tables, and notes for the reader (job counts, shared overrides, Optuna's best, the plot's path)."""
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} is not a folder. Pass a sweep folder: logs/train/multiruns/<time>.")
+    if is_run_dir(sweep_dir) and not (sweep_dir / "multirun.yaml").is_file():
+        raise UserError(f"{sweep_dir} is a single run's folder, not a sweep's: see its scores with python -m "
+                        f"mnist_lit.evaluate run_dir={sweep_dir}. Pass a sweep folder: "
+                        "logs/train/multiruns/<time>.")
     folders = job_dirs(sweep_dir)
     if not folders:
         raise UserError(f"no jobs in {sweep_dir}: a sweep folder holds one folder per job, each with "

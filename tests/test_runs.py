@@ -154,6 +154,38 @@ def test_a_folder_holding_another_run_is_refused(synthetic_root, tmp_path):
     assert not list((tmp_path / "sweep" / "0").iterdir())
 
 
+def test_a_run_folder_and_a_sweep_folder_are_each_refused_where_the_other_is_expected(tmp_path):
+    """Each command that takes a folder names the command for the kind of folder it was given."""
+    sweep, run = tmp_path / "sweep", tmp_path / "run"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {overrides: {hydra: [], task: [seed=1,2]}}\n")
+    (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (sweep / "0" / "metrics.json").write_text('{"status": "completed"}\n')
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (run / "metrics.json").write_text('{"status": "completed"}\n')
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    train = "python -m mnist_lit.train"
+    cases = [  # (command line, the problem, the command to use instead)
+        (("mnist_lit.train", f"hydra.run.dir={sweep}", "data.root=nowhere"),
+         f"hydra.run.dir={sweep} already holds a sweep", f"{train} -m resume={sweep}"),
+        (("mnist_lit.train", "-m", f"hydra.sweep.dir={run}", "data.root=nowhere", "seed=1,2"),
+         f"hydra.sweep.dir={run} already holds a run", f"{train} resume={run}"),
+        (("mnist_lit.train", f"resume={sweep}"), "is a sweep's folder", f"{train} -m resume={sweep}"),
+        (("mnist_lit.train", "-m", f"resume={run}"), "a single run's", f"{train} resume={run},"),
+        (("mnist_lit.evaluate", f"run_dir={sweep}"), f"run_dir={sweep / '0'}",
+         f"python -m mnist_lit.summarize {sweep}"),
+        (("mnist_lit.summarize", str(run)), "a single run's folder",
+         f"python -m mnist_lit.evaluate run_dir={run}"),
+    ]
+    for args, problem, fix in cases:
+        proc = run_cli(*args, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, (args, proc.stderr[-3000:])
+        assert proc.stderr.startswith("error: ") and problem in proc.stderr, proc.stderr
+        assert fix in proc.stderr, proc.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
 def test_a_sweep_folder_taken_in_the_same_second_is_claimed_anew(tmp_path):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

@@ -136,7 +136,8 @@ def resolve_run_dir(path: str | Path) -> Path:
         if subruns:
             raise UserError(
                 f"run_dir={path} is a sweep (multirun) folder; pass one of its runs, e.g. "
-                f"run_dir={run_dir / subruns[0]} (runs: {', '.join(subruns[:10])})."
+                f"run_dir={run_dir / subruns[0]} (runs: {', '.join(subruns[:10])}), or compare them all with "
+                f"python -m mnist_lit.summarize {path}."
             )
         raise UserError(
             f"run_dir={path} is not a training run: it has no {CONFIG_FILE}. Pass the folder that "

@@ -200,14 +200,16 @@ class ClaimRunDir(Callback):
             return
         resume = config.get("resume")
         is_resume = resume is not None and Path(str(resume)).resolve() == Path(folder).resolve()
-        busy = holds_sweep(Path(folder)) if kind == "sweep" else holds_run(Path(folder))
-        search = busy and not is_resume and continues_search(config, Path(folder))
-        if busy and not is_resume and not search:
-            what = "a sweep" if kind == "sweep" else "another run (metrics.json or checkpoints)"
-            again = f"python -m mnist_lit.train {'-m ' if kind == 'sweep' else ''}resume={folder}"
+        # a sweep's folder refused to a single run and a run's to a sweep as well: each continues as its kind
+        held = "sweep" if holds_sweep(Path(folder)) else "run" if holds_run(Path(folder)) else None
+        search = held == kind == "sweep" and not is_resume and continues_search(config, Path(folder))
+        if held and not is_resume and not search:
+            what = "a sweep" if held == "sweep" else \
+                f"{'another' if kind == 'run' else 'a'} run (metrics.json or checkpoints)"
+            again = f"python -m mnist_lit.train {'-m ' if held == 'sweep' else ''}resume={folder}"
             _refuse(f"hydra.{kind}.dir={folder} already holds {what}; a new {kind} never writes over it. "
                     f"Choose another folder, leave hydra.{kind}.dir out (a fresh timestamped folder), or "
-                    f"continue that {kind} with: {again}")
+                    f"continue that {held} with: {again}")
         reason = unwritable(folder)
         if reason is not None:
             _refuse(_cannot_write(folder, reason, key))
@@ -413,6 +415,9 @@ def sweep_resume(sweep_dir: Path, rest: list[str]) -> list[str]:
     multirun.yaml), its launcher and its folder, then `rest`, this command's hydra overrides (which win, e.g.
     another launcher). Hydra then reruns the jobs; each continues its own earlier attempt."""
     record = read_sweep_record(sweep_dir)
+    if record is None and holds_run(sweep_dir):
+        raise UserError(f"resume={sweep_dir}: not a sweep folder (no multirun.yaml) but a single run's: "
+                        f"continue it with python -m mnist_lit.train resume={sweep_dir}, without -m.")
     if record is None:
         raise UserError(f"resume={sweep_dir}: not a sweep folder (no multirun.yaml). Pass the folder of the "
                         "sweep to continue (logs/train/multiruns/<date_time>); for a single run, drop -m.")
