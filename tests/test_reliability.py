@@ -3,14 +3,17 @@
 import errno
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 import warnings
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import SYNTHETIC_OVERRIDES
+from conftest import PROJECT, SYNTHETIC_OVERRIDES, run_cli
 from test_errors import cli
 from test_resume import popen_train
 from test_sweeps import hparams_of, session_status
@@ -99,6 +102,98 @@ def test_a_signal_after_the_last_epoch_keeps_the_training(synthetic_root, tmp_pa
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["steps"] == 16
     assert torch.load(metrics["resume_checkpoint"], weights_only=True)["global_step"] == 16
+
+
+# every command with arguments that keep it busy for a while (a run's data; a folder it then refuses)
+COMMANDS = {
+    "train": lambda tmp, data: [f"data.root={data}", f"hydra.run.dir={tmp / 'run'}", *SYNTHETIC_OVERRIDES],
+    "evaluate": lambda tmp, data: [f"run_dir={tmp}"],
+    "predict": lambda tmp, data: [f"run_dir={tmp}"],
+    "export": lambda tmp, data: [f"run_dir={tmp}"],
+    "summarize": lambda tmp, data: [str(tmp)],
+    "confirm": lambda tmp, data: [str(tmp)],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_ctrl_c_from_the_first_line_stops_without_a_traceback(command, synthetic_root, tmp_path):
+    """Ctrl-C while a command imports torch, Lightning and Hydra, composes its config or starts its work:
+    one line, exit 130, at every moment."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    # the interpreter's own start-up (site-packages) comes before any line of mnist-lit: the first signal
+    # follows it, whatever the machine's load
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
+    interpreter = time.monotonic() - started
+    signalled = 0
+    for delay in (interpreter + 0.05, 0.3, 1.0, 2.0):
+        folder = tmp_path / f"{delay:.2f}"
+        folder.mkdir()
+        args = [sys.executable, "-m", f"mnist_lit.{command}", *COMMANDS[command](folder, synthetic_root)]
+        proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(delay)
+        running = proc.poll() is None  # a command that ended first (summarize refuses the folder) is done
+        if running:
+            proc.send_signal(signal.SIGINT)
+            signalled += 1
+        _, err = proc.communicate(timeout=120)
+        said = f"{delay:.2f} s: {err[-3000:]}"
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, said
+        if running and proc.returncode != 1:  # 1: it had ended with its own one-line error meanwhile
+            assert proc.returncode == 130, said
+            assert err.strip().splitlines()[-1].startswith("stopped: interrupted (Ctrl-C)"), said
+    assert signalled  # every command takes longer than the interpreter's start
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_earlier_checkpoint_and_the_run_resumes(synthetic_root, tmp_path):
+    """The disk fills up during a run: the checkpoint of the epoch before is kept whole, the error is one
+    paragraph, and once there is space again `resume=` finishes the run."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs (the full disk) needs root and mount(8)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"this machine does not allow mounting a tmpfs: {mounted.stderr.strip()}")
+    try:
+        run, marker = disk / "run", tmp_path / "paused"
+        # val/loss improves every epoch: each epoch writes a new best checkpoint and last.ckpt (1.2 MB each)
+        pause = ["+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.epoch=1",
+                 "+callbacks.pause.batch=0", f"+callbacks.pause.marker={marker}"]
+        proc = popen_train(f"data.root={synthetic_root}", f"hydra.run.dir={run}", *SYNTHETIC_OVERRIDES,
+                           "trainer.max_epochs=3", "callbacks.model_checkpoint.monitor=val/loss",
+                           "callbacks.model_checkpoint.mode=min", *pause)
+        deadline = time.monotonic() + 240
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate()[1][-3000:]
+        # in epoch 2: all but 128 KiB taken, room for metrics.json but not for the epoch's checkpoint
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - 128 * 1024))
+        marker.unlink()
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 1 and err.strip().count("\n") == 0, err[-3000:]
+        assert err.startswith("error: could not write checkpoint") and "No space left on device" in err, err
+        assert f"python -m mnist_lit.train resume={run}" in err
+        kept = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        assert kept["global_step"] == 16  # the end of epoch 1, whole
+        assert not list(run.glob("checkpoints/.*.tmp"))
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["status"] == "failed" and "No space left on device" in metrics["error"]
+
+        (disk / "filler").unlink()
+        # the test's callback is given again (a recorded one naming code is not repeated), never to pause
+        resumed = run_cli("mnist_lit.train", f"resume={run}", *pause[:1], "+callbacks.pause.epoch=99",
+                          env={"PYTHONPATH": str(PROJECT / "tests")})
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert (metrics["status"], metrics["steps"]) == ("completed", 48)
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -223,13 +224,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)  # object stores: atomic puts
+        from hydra.core.hydra_config import HydraConfig
+
         path = Path(path)
+        # serialised in memory first: torch's zip writer reports a failed write (a full disk) as a
+        # RuntimeError about file positions, where a plain write raises the OSError that says what happened
+        data = io.BytesIO()
         try:
-            write_atomically(path, lambda f: torch.save(checkpoint, f), sync=True)
+            torch.save(checkpoint, data)
+            write_atomically(path, lambda f: f.write(data.getbuffer()), sync=True)
         except OSError as err:
+            last = path.parent / "last.ckpt"
+            again = (f"continue with: python -m mnist_lit.train {continue_command()}"
+                     if last.is_file() and HydraConfig.initialized() else "run the command again")
             raise UserError(
-                f"could not write checkpoint {path}: {err.strerror or err}. Free some disk space or write "
-                "the run elsewhere (hydra.run.dir=<a writable folder>); the previous checkpoints are intact."
+                f"could not write checkpoint {path}: {err.strerror or err}. The checkpoints written before "
+                f"are intact: free some disk space, then {again} (or write the run elsewhere: "
+                "hydra.run.dir=<a writable folder>)."
             ) from err
 
 
