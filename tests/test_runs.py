@@ -433,3 +433,29 @@ def test_a_cluster_that_refuses_the_jobs_is_named_in_one_paragraph():
         "contact slurm controller). Check that SLURM answers here (sinfo), or run the sweep on this machine: "
         "hydra/launcher=joblib.")
     assert sweep_end_message(ValueError("anything else")) is None
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_and_each_job_keeps_a_resumable_checkpoint(tmp_path, synthetic_root):
+    # Ctrl-C in a terminal reaches the whole process group: the sweep's process and its joblib workers
+    sweep, log = tmp_path / "sweep", tmp_path / "output.txt"
+    with log.open("w") as output:  # a file, not a pipe: the workers may write on after the sweep's process ends
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mnist_lit.train", "-m", "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}",
+             "seed=1,2", f"data.root={synthetic_root}", *SYNTHETIC_OVERRIDES, "trainer.max_epochs=100000"],
+            cwd=PROJECT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not all((sweep / job / "checkpoints" / "last.ckpt").is_file() for job in "01"):
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    deadline = time.monotonic() + 120  # the jobs end on their own, after their checkpoints
+    while not all((sweep / job / "metrics.json").is_file() for job in "01") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert f"Continue the sweep with: python -m mnist_lit.train -m resume={sweep}" in text
+    for job in "01":
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["status"] == "interrupted" and Path(metrics["resume_checkpoint"]).is_file(), metrics

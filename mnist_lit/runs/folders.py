@@ -178,6 +178,15 @@ class ClaimRunDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._settle(config, "sweep")
+        folder = str(config.hydra.sweep.dir)
+
+        def interrupted(signum: int, frame: Any) -> None:
+            # the jobs got the same Ctrl-C and each saves a resumable checkpoint (or its result) itself
+            os.write(2, f"\nstopped: interrupted (Ctrl-C); each running job saves a resumable checkpoint. "
+                        f"Continue the sweep with: python -m mnist_lit.train -m resume={folder}\n".encode())
+            os._exit(130)
+
+        signal.signal(signal.SIGINT, interrupted)
 
     @staticmethod
     def _settle(config: DictConfig, kind: str) -> None:
