@@ -52,11 +52,11 @@ def test_a_line_per_epoch_on_the_console_and_in_train_log(tmp_path, synthetic_ro
     *_, train_loss, train_acc, val_loss, val_acc, _ = lines[-1]
     assert float(val_acc) == pytest.approx(final["val/acc"], abs=5e-5)
     assert float(train_loss) == pytest.approx(final["train/loss"], abs=5e-5)
-    # "(best)" marks the epochs whose val/acc is the best so far
-    best = 0.0
+    # "(best)" marks the epochs whose val/acc beat every earlier one: the checkpoint kept
+    best = -1.0
     for *_, acc, mark in lines:
+        assert (mark is not None) == (float(acc) > best)
         best = max(best, float(acc))
-        assert (mark is not None) == (float(acc) >= best)
 
 
 def test_the_lines_are_the_same_without_the_speed_layer_and_in_a_resumed_run(tmp_path, synthetic_root):

@@ -19,7 +19,7 @@ import sys
 import time
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 from mnist_lit.lightning_compat import EpochsFromOne
 
@@ -43,6 +43,14 @@ def epoch_label(trainer: pl.Trainer, epoch: int) -> str:
     """`epoch` (Lightning's, from 0) as a person counts it: "3/10" for Lightning's epoch 2 of 10."""
     total = trainer.max_epochs
     return f"{epoch + 1}/{total}" if total is not None and total > 0 else str(epoch + 1)
+
+
+def kept_checkpoint(trainer: pl.Trainer) -> str | None:
+    """The best checkpoint on val/acc so far, where one is kept: "(best)" marks the epoch that wrote it."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.monitor == "val/acc":
+        return callback.best_model_path
+    return None
 
 
 def on_terminal() -> bool:
@@ -76,9 +84,11 @@ class EpochLines(pl.Callback):
         self.live = False
         self.epoch_start_step = 0
         self.ended: tuple[int, int, float] | None = None
+        self.kept: str | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch_start_step = trainer.global_step  # a resumed run's, restored by now
+        self.kept = kept_checkpoint(trainer)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         bar = trainer.progress_bar_callback
@@ -122,11 +132,14 @@ class EpochLines(pl.Callback):
         if self.ended is None or not trainer.is_global_zero:
             return
         (epoch, step, seconds), self.ended = self.ended, None
+        kept = kept_checkpoint(trainer)  # the epoch's checkpoint is saved after its callbacks' epoch end
+        new_best, self.kept = (kept != self.kept if kept is not None else None), kept
         metrics = trainer.callback_metrics
         scores = "  ".join(f"{name} {float(metrics[name]):.4f}" for name in SHOWN if name in metrics)
-        best = metrics.get("val/acc_best")
-        is_best = best is not None and "val/acc" in metrics and float(metrics["val/acc"]) >= float(best)
-        marked = "  (best)" if is_best else ""
+        if new_best is None:  # no checkpoint kept on val/acc: the best score so far, ties included
+            best = metrics.get("val/acc_best")
+            new_best = best is not None and "val/acc" in metrics and float(metrics["val/acc"]) >= float(best)
+        marked = "  (best)" if new_best else ""
         steps = step - epoch * self.epoch_steps if self.epoch_steps else step
         line = f"epoch {epoch_label(trainer, epoch)}  {steps} steps  {seconds:.1f} s  {scores}{marked}"
         log.info(line)
@@ -155,7 +168,7 @@ class StepProgressBar(EpochsFromOne, RichProgressBar):
         the last epoch's validation scores."""
         metrics = super().get_metrics(trainer, pl_module)
         if (trainer.training and hasattr(pl_module, "train_metrics")
-                and trainer.global_step > trainer.current_epoch * self.total_train_batches):  # a step this epoch
+                and trainer.global_step > trainer.current_epoch * self.total_train_batches):  # stepped
             metrics.update({name: f"{float(value):.3f}" for name, value in pl_module.train_metrics().items()})
         return metrics
 
