@@ -26,10 +26,10 @@ from mnist_lit.errors import UserError
 
 
 @dataclass
-class DataConfig:
+class DigitsDataConfig:
+    """The keys every data module takes (mnist_lit.data.TensorDataModule's); data=digits has no others."""
+
     _target_: str = MISSING
-    root: str = MISSING
-    download: bool = MISSING
     val_size: int = MISSING
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
@@ -38,13 +38,11 @@ class DataConfig:
 
 
 @dataclass
-class DigitsDataConfig:
-    _target_: str = MISSING
-    val_size: int = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    normalize: bool = MISSING
-    split_seed: int = MISSING
+class DataConfig(DigitsDataConfig):
+    """data=mnist: where the files are, and whether to download them."""
+
+    root: str = MISSING
+    download: bool = MISSING
 
 
 @dataclass
