@@ -22,9 +22,13 @@ SEARCH_GROUPS = frozenset(
 def storage(url: str):
     """An Optuna storage; SQLite waits for a lock instead of failing when parallel trials write at once."""
     import optuna
+    import sqlalchemy.exc
 
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except sqlalchemy.exc.OperationalError as err:  # a server unreachable or refusing the URL's login
+        raise ValueError(" ".join(str(err.orig).split())) from None
 
 
 def search_config(sweep_dir: Path) -> SweepRecord | None:
