@@ -17,6 +17,9 @@ import pytest
 import torch
 from filelock import FileLock
 
+# fixtures: a local PostgreSQL server and a database of each test's own (tests/test_postgres.py)
+from postgres import postgres_server, postgres_url  # noqa: F401
+
 from mnist_lit.config import schema
 
 PROJECT = Path(__file__).resolve().parent.parent
