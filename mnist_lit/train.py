@@ -83,9 +83,11 @@ def _train(cfg: DictConfig, stop) -> dict:
 
 
 @command("train", trains=True, check=schema.validate)
-def main(cfg: DictConfig) -> float | None:
-    """One run, or one job of a sweep: returns the metric a sweeper optimises."""
-    return train(cfg)["metrics"].get(cfg.get("optimized_metric"))
+def main(cfg: DictConfig) -> float | list[float] | None:
+    """One run, or one job of a sweep: returns the metric a sweeper optimises (a list: their values)."""
+    from mnist_lit.runs.objectives import objective_values
+
+    return objective_values(train(cfg)["metrics"], cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Dict, List  # noqa: UP035 (OmegaConf reads these annotations)
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from mnist_lit import CONF_DIR
@@ -105,7 +105,8 @@ class TrainConfig:
     resume: str | None = None
     test: bool = True
     threads: int | None = None
-    optimized_metric: str | None = None
+    # one metric name, or a list of them (a multi-objective search); checked against METRICS by validate()
+    optimized_metric: Any = None
 
 
 def register() -> None:
@@ -160,6 +161,26 @@ def unset_keys(node, prefix: str = "") -> list[str]:
     return found
 
 
+# what a run records in metrics.json, the names optimized_metric may give: the module's scores, and the
+# network's cost (mnist_lit/runs/objectives.py)
+METRICS = ("val/acc_best", "val/acc", "val/loss", "train/acc", "train/loss", "test/acc", "test/loss",
+           "model/params", "model/latency_ms")
+
+
+def optimized_metric_problem(metric) -> str | None:
+    """What is wrong with an optimized_metric (one name of METRICS or a non-empty list of them), or None."""
+    listed = isinstance(metric, (list, tuple, ListConfig))
+    names = list(metric) if listed else [metric]
+    unknown = [str(name) for name in names if name not in METRICS]
+    if metric is None or (names and not unknown):
+        return None
+    said = f"no metric {', '.join(unknown)}" if unknown else "an empty list"
+    shown = f"[{','.join(map(str, names))}]" if listed else metric
+    return (f"optimized_metric={shown}: {said}; a run records {', '.join(METRICS)}. Name one, or a list of "
+            "them for several objectives: 'optimized_metric=[val/acc_best,model/params]' "
+            "'hydra.sweeper.direction=[maximize,minimize]'")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise a UserError naming the key, its value and what is allowed, for values the types let through."""
     unset = unset_keys(cfg)
@@ -193,6 +214,8 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"{key}={value!r}: {key} is chosen from the config group {group}, with "
                             f"{group}={value if value in options else '<option>'} "
                             f"(options: {', '.join(options)})")
+    if problem := optimized_metric_problem(cfg.get("optimized_metric")):
+        problems.append(problem)
     if not 0 <= cfg.seed < 2**32:
         problems.append(f"seed={cfg.seed}: must be between 0 and {2**32 - 1}")
     if cfg.get("threads") is not None and cfg.threads <= 0:

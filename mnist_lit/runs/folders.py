@@ -36,6 +36,7 @@ from mnist_lit.errors import RunStopped, UserError
 from mnist_lit.runs.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
 from mnist_lit.runs.checkpoint import first_sentence, read_metrics, read_recorded_overrides, read_sweep_record
 from mnist_lit.runs.files import unwritable
+from mnist_lit.runs.objectives import objective_values
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -343,7 +344,7 @@ def continue_attempts(task: Callable[[DictConfig], T]) -> Callable[[DictConfig],
             raise UserError(in_use(f"job {hydra_cfg.job.num}: its folder", out_dir))
         done = prepare_attempt(cfg, out_dir, f"job {hydra_cfg.job.num}")
         if done is not None:
-            return done.get("metrics", {}).get(cfg.get("optimized_metric"))
+            return objective_values(done.get("metrics", {}), cfg.get("optimized_metric"))
         preemption = PreemptionStopsTraining()
         try:
             with preemption:

@@ -22,6 +22,7 @@ from mnist_lit import __version__
 from mnist_lit.errors import UserError
 from mnist_lit.runs.checkpoint import read_metrics
 from mnist_lit.runs.files import write_atomically
+from mnist_lit.runs.objectives import model_metrics, parameter_count
 from mnist_lit.runs.reliability import Interrupted, end_early, last_checkpoint_path
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,11 @@ class RunRecord:
 
     def complete(self) -> dict:
         """Write the completed run's record, and say in one line how it did."""
-        result = self.write("completed", self.fit_seconds, self.metrics)
+        # the network's cost beside its scores (what a multi-objective search trades accuracy against); not
+        # in TensorBoard's HPARAMS table, whose columns read the scalars logged
+        cost = model_metrics(self.module.net, self.datamodule)
+        scores = {k: v for k, v in self.metrics.items() if k not in cost}
+        result = self.write("completed", self.fit_seconds, scores | cost, shown=scores)
         if self.trainer.is_global_zero:
             tested = (f"test/acc {result['test_acc']:.4f}  test/loss {result['test_loss']:.4f}"
                       if result["test_acc"] is not None else "not tested (test=false)")
@@ -161,7 +166,7 @@ class RunRecord:
             **self.datamodule.provenance(),  # where the data came from (MNIST: data_root)
             "split_seed": self.datamodule.split_seed,
             "split_digest": self.datamodule.split_digest,
-            "trainable_params": sum(p.numel() for p in self.module.net.parameters() if p.requires_grad),
+            "trainable_params": parameter_count(self.module.net),
             "device": device_name(trainer),
             # whether the grouped steps trained (mnist_lit.speed.grouped.GroupedSteps), or Lightning's standard path
             "fast": any(getattr(cb, "grouped", False) for cb in self.trainer.callbacks),
