@@ -7,6 +7,9 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the Hydra configs, beside the package
+# MKL's matrix products give the same bits whatever the thread count (read at MKL's first call): a run's
+# numbers then do not depend on how many threads the load left it (mnist_lit/speed/threads.py)
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 def _stop_at_once(signum, frame) -> None:

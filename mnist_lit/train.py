@@ -32,7 +32,6 @@ def train(cfg: DictConfig) -> dict:
 
 def _train(cfg: DictConfig, stop) -> dict:
     import lightning.pytorch as pl
-    import torch
     from hydra.core.hydra_config import HydraConfig
 
     from mnist_lit.config.building import build, build_each, build_loggers, check_accelerator, check_optimizer
@@ -43,10 +42,9 @@ def _train(cfg: DictConfig, stop) -> dict:
     from mnist_lit.search.sweep import sweep_keys
     from mnist_lit.search.trial import trial_callbacks
     from mnist_lit.speed.grouped import GroupedSteps, unfused_for_clipping
+    from mnist_lit.speed.threads import ThreadsFollowLoad
 
     quiet_lightning()
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     unfused_for_clipping(cfg)
     check_accelerator(str(cfg.trainer.get("accelerator", "auto")))
@@ -57,9 +55,11 @@ def _train(cfg: DictConfig, stop) -> dict:
     check_optimizer(model, cfg.trainer)  # a bad argument fails now, not after the first epoch
     if cfg.get("ckpt_path"):
         check_fits(cfg.ckpt_path, model.net)  # weights-only; another network's checkpoint is named as such
-    # besides the config's: a run that stops early keeps its work, and the speed layer groups the steps
+    # besides the config's: a run that stops early keeps its work; the speed layer groups the steps and
+    # sets the CPU threads
     callbacks = [*build_each(cfg.get("callbacks"), "callbacks"), *run_callbacks(stop),
-                 GroupedSteps(cfg.fast, cfg.steps_per_execution), *trial_callbacks()]
+                 GroupedSteps(cfg.fast, cfg.steps_per_execution), ThreadsFollowLoad(cfg.get("threads")),
+                 *trial_callbacks()]
     loggers = build_loggers(cfg.get("logger"))
     trainer: pl.Trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                 plugins=run_plugins())

@@ -24,6 +24,7 @@ from mnist_lit.runs.checkpoint import read_metrics
 from mnist_lit.runs.files import write_atomically
 from mnist_lit.runs.objectives import model_metrics, parameter_count
 from mnist_lit.runs.reliability import Interrupted, end_early, last_checkpoint_path
+from mnist_lit.speed.threads import ThreadsFollowLoad
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,11 @@ def device_name(trainer: pl.Trainer) -> str:
     device = trainer.strategy.root_device
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = f"{torch.get_num_threads()} threads"
+    for callback in trainer.callbacks:
+        if isinstance(callback, ThreadsFollowLoad) and callback.load is not None:
+            threads = f"up to {callback.most} threads, following the load"
+    return f"cpu ({platform.processor() or platform.machine()}, {threads})"
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
