@@ -12,6 +12,11 @@ peak host RSS, peak GPU memory (on a GPU), final val and test accuracy; and the 
 
 Also measured, interleaved the same way: each variant's import time (a fresh interpreter importing what the
 command imports before it starts fitting).
+
+CPU threads, the same policy for every side, printed first: MKL_CBWR=AUTO,STRICT (mnist-lit's default), and
+torch's default count (one per core) or --threads N for all (OMP_NUM_THREADS). mnist-lit steps its count
+down while other processes keep cores busy (mnist_lit/speed/threads.py); benchmark on a quiet machine, where
+it keeps the count the references have.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+THREAD_ENV = {"MKL_CBWR": "AUTO,STRICT"}  # main() adds OMP_NUM_THREADS for --threads
+
+
 def run(cmd: list[str]) -> tuple[float, str]:
     """Run a whole command; return (wall seconds, stdout)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **THREAD_ENV})
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"benchmark: command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
@@ -94,12 +102,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="CPU threads for every side (default: torch's, one per core)")
     parser.add_argument("--json", dest="json_path", help="also write all measurements to this JSON file")
     parser.add_argument("--bare", action="store_true",
                         help="also run scripts/bare_lightning.py: the plain loop under a bare Lightning Trainer, "
                              "the floor of any canonical LightningModule (compare with -- fast=false)")
     parser.add_argument("overrides", nargs="*", help="extra mnist-lit overrides (after --)")
     args = parser.parse_args()
+    if args.threads:
+        THREAD_ENV["OMP_NUM_THREADS"] = str(args.threads)
+    print(f"CPU threads for every side: {args.threads or 'torch default (one per core)'}, MKL_CBWR=AUTO,STRICT; "
+          "mnist-lit steps down only while other processes keep cores busy", flush=True)
     results: dict[str, list[dict]] = {"mnist-lit": [], "plain": []} | ({"lightning-bare": []} if args.bare else {})
     with tempfile.TemporaryDirectory() as tmp:
         runners = {"plain": lambda rep: reference(args, "scripts/plain_pytorch.py"),
