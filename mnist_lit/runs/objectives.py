@@ -20,6 +20,8 @@ def latency_ms(net, batch, budget_s: float = 0.05, most: int = 20) -> float:
     import torch
 
     model = copy.deepcopy(net).cpu().eval()
+    # in the network's own dtype: a run with trainer.precision=64-true or bf16-true trains it in that one
+    batch = batch.to(next(model.parameters(), batch).dtype)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
