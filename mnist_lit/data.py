@@ -3,6 +3,7 @@ rest of mnist-lit asks of its data, batches, the seeded split), and MNIST's (its
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,21 +77,40 @@ def check_mnist_files(root: str | Path) -> None:
             )
 
 
-def load_mnist(root: str | Path, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as uint8 (N, 28, 28) and labels as int64 (N,), read by torchvision (downloading if allowed)."""
-    from torchvision.datasets import MNIST
-
+def fetch_mnist(root: str | Path, download: bool = False) -> None:
+    """Make sure the four MNIST files are in <root>/MNIST/raw and sound: downloaded by torchvision where
+    absent and allowed, else a UserError naming the fix."""
     folder = raw_dir(root)
     if download and not all((folder / name).is_file() for name in MNIST_FILES):
+        from torchvision.datasets import MNIST
+
         try:
-            MNIST(str(root), train=train, download=True)
+            MNIST(str(root), train=True, download=True)  # torchvision fetches all four files
         except Exception as err:  # no internet, proxy, disk full...: all end the same way for the user
             raise UserError(
                 f"MNIST is not in {folder.resolve()} and downloading it failed ({err}). Copy the four MNIST "
                 "files into that folder, or point data.root (or MNIST_ROOT) at a folder that has MNIST/raw."
             ) from err
     check_mnist_files(root)
-    ds = MNIST(str(root), train=train, download=False)
+
+
+def load_mnist(root: str | Path, train: bool, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as uint8 (N, 28, 28) and labels as int64 (N,), read by torchvision (downloading if allowed)."""
+    fetch_mnist(root, download)
+    prefix = "train" if train else "t10k"
+    files = [raw_dir(root) / f"{prefix}-images-idx3-ubyte", raw_dir(root) / f"{prefix}-labels-idx1-ubyte"]
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    images, labels = _decoded(str(root), train, key)
+    return images.clone(), labels.clone()  # the cached ones stay as the files are, whatever callers do
+
+
+@functools.lru_cache(maxsize=2)
+def _decoded(root: str, train: bool, files: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's decoding, once per process while the files' (path, size, mtime) stay the same (`files`,
+    the cache key): a sweep's jobs in one process read them once."""
+    from torchvision.datasets import MNIST
+
+    ds = MNIST(root, train=train, download=False)
     return ds.data, ds.targets
 
 
@@ -344,11 +364,7 @@ class MNISTDataModule(TensorDataModule):
         self.root, self.download = root, download
 
     def prepare_data(self) -> None:
-        if self.download:
-            for train in (True, False):
-                load_mnist(self.root, train=train, download=True)
-        else:
-            check_mnist_files(self.root)
+        fetch_mnist(self.root, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_x is None:

@@ -117,6 +117,25 @@ def test_missing_files_without_internet_is_a_user_error(tmp_path, monkeypatch):
         dm.prepare_data()
 
 
+def test_files_are_decoded_once_per_process_until_they_change(tmp_path, monkeypatch):
+    import torchvision.datasets
+    from conftest import write_mnist
+
+    from mnist_lit.data import load_mnist
+
+    decoded = []
+    real = torchvision.datasets.MNIST
+    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda *a, **k: decoded.append(k) or real(*a, **k))
+    root = write_mnist(tmp_path / "data", n_train=60, n_test=20)
+    images, labels = load_mnist(root, train=True)
+    images.zero_()  # a caller's change to what it got is its own
+    again, _ = load_mnist(root, train=True)
+    assert len(decoded) == 1 and again.shape == (60, 28, 28) and again.any()
+    assert torch.equal(labels, load_mnist(root, train=True)[1])
+    write_mnist(root, n_train=70, n_test=20)  # new files in the same place: read again
+    assert load_mnist(root, train=True)[0].shape == (70, 28, 28) and len(decoded) == 2
+
+
 @pytest.mark.parametrize("val_size", [0, -1, 60000, 70000])
 def test_bad_val_size(val_size):
     with pytest.raises(UserError, match="data.val_size"):
