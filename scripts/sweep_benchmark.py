@@ -3,9 +3,12 @@ parallel (hydra/launcher=joblib, one worker per core, each limited to cores / wo
 
 Both are whole `python -m mnist_lit.train -m ...` commands on the real data, alternated over --reps
 repetitions so that a shared machine's noise hits both alike. Reports each sweep's wall time, the jobs' fit
-times and test accuracies, and the ratio parallel / sequential (below 1: parallel is faster).
+times and test accuracies, the ratio parallel / sequential (below 1: parallel is faster), what a job costs
+besides its fit (the sweep's wall minus the fits, per job; for joblib also wall x workers minus the fits,
+the workers' busy time), and what a fresh process pays to import what a job needs (a SLURM job pays it once).
 
     python scripts/sweep_benchmark.py --root ../shared/mnist --reps 1
+    python scripts/sweep_benchmark.py --jobs 16 --reps 2
     python scripts/sweep_benchmark.py --reps 2 -- data.batch_size=128     (extra overrides for every job)
 """
 
@@ -23,6 +26,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHERS = {"sequential": [], "joblib": ["hydra/launcher=joblib"]}
+# what a training job imports (mnist_lit/train.py's _train and what it builds)
+JOB_IMPORTS = ("mnist_lit.train, lightning.pytorch, mnist_lit.config.building, mnist_lit.runs.record, "
+               "mnist_lit.reporting.callbacks, mnist_lit.runs.reliability, mnist_lit.data, mnist_lit.module")
+
+
+def import_seconds(reps: int = 3) -> list[float]:
+    """Wall time of a fresh `python -c "import ..."` of what a job imports, `reps` times."""
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {JOB_IMPORTS}"], cwd=ROOT, check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def workers(launcher: str, jobs: int) -> int:
+    """Processes running jobs at once: hydra/launcher=joblib's n_jobs=-1 is one per core."""
+    return min(jobs, os.cpu_count() or 1) if launcher == "joblib" else 1
+
+
+def overheads(launcher: str, r: dict) -> tuple[float, float]:
+    """A job's cost besides its fit: (wall - fits) / jobs, and (wall x workers - fits) / jobs."""
+    jobs, fits = len(r["fit_s"]), sum(r["fit_s"])
+    return (r["wall_s"] - fits) / jobs, (r["wall_s"] * workers(launcher, jobs) - fits) / jobs
+
+
+def spread(values) -> str:
+    values = list(values)
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
 def sweep(args, launcher: str, sweep_dir: Path) -> dict:
@@ -57,9 +89,13 @@ def main() -> None:
             for name in order:
                 r = sweep(args, name, Path(tmp) / f"{name}{rep}")
                 results[name].append(r)
+                per_job, busy = overheads(name, r)
                 print(f"rep {rep} {name:10s} wall {r['wall_s']:6.1f} s  fit per job "
                       f"{', '.join(f'{f:.1f}' for f in r['fit_s'])} s  test/acc "
-                      f"{', '.join(f'{a:.4f}' for a in r['test_acc'])}  [{r['device']}]", flush=True)
+                      f"{', '.join(f'{a:.4f}' for a in r['test_acc'])}  [{r['device']}]  besides the fit, "
+                      f"per job: {per_job:.2f} s (x{workers(name, args.jobs)} workers: {busy:.2f} s)",
+                      flush=True)
+        imports = import_seconds()
 
     walls = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in results.items()}
     pairs = zip(results["joblib"], results["sequential"], strict=True)
@@ -68,6 +104,12 @@ def main() -> None:
           f"sequential {walls['sequential']:.1f} s, joblib {walls['joblib']:.1f} s; "
           f"ratio joblib / sequential {statistics.median(ratios):.2f} "
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}); speed-up {1 / statistics.median(ratios):.2f}x")
+    for name, rs in results.items():
+        print(f"{name}: a job's cost besides its fit (min / median / max), (wall - fits) / jobs "
+              f"{spread(overheads(name, r)[0] for r in rs)} s; (wall x {workers(name, args.jobs)} workers - "
+              f"fits) / jobs {spread(overheads(name, r)[1] for r in rs)} s; fit per job "
+              f"{spread(f for r in rs for f in r['fit_s'])} s")
+    print(f"a fresh process's imports (min / median / max of {len(imports)}): {spread(imports)} s")
 
 
 if __name__ == "__main__":
