@@ -160,6 +160,7 @@ def plot(jobs: list[dict], swept: list[str], objectives: list[str], path: Path) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     params = [k for k in swept if k not in SEED_KEYS] or ["job"]
     fig, axes = plt.subplots(len(objectives), len(params), figsize=(4 * len(params), 3.5 * len(objectives)),
@@ -172,6 +173,7 @@ def plot(jobs: list[dict], swept: list[str], objectives: list[str], path: Path) 
             if raw and all(x is not None for x in xs):
                 if min(xs) > 0 and max(xs) / min(xs) >= 10:
                     ax.set_xscale("log")
+                    ax.xaxis.set_minor_formatter(NullFormatter())  # labels of 2x10^-4... overlap
             else:  # categories in order of first appearance
                 order = list(dict.fromkeys(raw))
                 xs = [order.index(v) for v in raw]
@@ -277,11 +279,16 @@ def merged(tables: list[tuple[list[str], list[list[str]]]]) -> tuple[list[str], 
     return header, rows
 
 
+COUNTS = ("model/params",)  # metrics that are whole numbers (Optuna keeps every value as a float)
+
+
 def shown(value) -> str:
-    """An objective's or a parameter's value: whole numbers as such, others to 4 significant digits."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
+    """A parameter's value: floats to 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def objective_value(name: str, value) -> str:
+    return str(round(value)) if name in COUNTS and isinstance(value, float) else fmt(value)
 
 
 class Search:
@@ -354,7 +361,8 @@ class Search:
         head = ["sweep"] if self.label else []
         header = [*head, "Pareto trial", *(f"{o} ({d})" for o, d in zip(self.objectives, self.directions,
                                                                         strict=True)), *params]
-        rows = [[*self.lead(), str(number), *map(shown, values), *(shown(p.get(k, "")) for k in params)]
+        rows = [[*self.lead(), str(number), *map(objective_value, self.objectives, values),
+                 *(shown(p.get(k, "")) for k in params)]
                 for number, values, p in front]
         return header, rows
 
@@ -378,6 +386,8 @@ class Search:
                                   f"({len(done)}) to tell the parameters apart")
                 return None
             columns[name] = importances
+        self.notes.append(f"{self.where}parameter importances: Optuna's default evaluator (PED-ANOVA in "
+                          f"Optuna 5) on {len(done)} completed trials")
         first = next(iter(columns.values()))
         head = ["sweep"] if self.label else []
         header = [*head, "parameter", *(f"importance for {name}" for name in columns)]

@@ -70,7 +70,7 @@ def test_pareto_front_and_importances_of_a_two_objective_search(tmp_path, capsys
     lines = pareto.splitlines()
     assert lines[0] == ("Pareto trial,val/acc_best (maximize),model/params (minimize),model.optimizer.lr,"
                         "model.net.hidden_sizes.0")
-    assert lines[1:] == ["0,0.97,101770,0.001,128", "3,0.96,50890,0.003,64", "1,0.95,25450,0.001,32"]
+    assert lines[1:] == ["0,0.9700,101770,0.001,128", "3,0.9600,50890,0.003,64", "1,0.9500,25450,0.001,32"]
     # each parameter's importance for each objective, from Optuna's default evaluator
     header, *rows = importances.splitlines()
     assert header == "parameter,importance for val/acc_best,importance for model/params"
@@ -82,6 +82,7 @@ def test_pareto_front_and_importances_of_a_two_objective_search(tmp_path, capsys
         assert {row.split(",")[0]: float(row.split(",")[i + 1]) for row in rows} == pytest.approx(
             {k: round(v, 3) for k, v in expected.items()}, abs=1e-3), name
     assert "4 completed, 1 pruned" in err and "Optuna best" not in err
+    assert "parameter importances: Optuna's default evaluator (PED-ANOVA in Optuna 5) on 4 completed" in err
 
 
 def test_pareto_front_from_the_results_file_when_the_study_cannot_be_read(tmp_path, capsys):
@@ -92,7 +93,7 @@ def test_pareto_front_from_the_results_file_when_the_study_cannot_be_read(tmp_pa
     main([str(tmp_path)])
     out, err = capsys.readouterr()
     assert "| Pareto trial | val/acc_best (maximize) | model/params (minimize) | model.optimizer.lr |" in out
-    assert "| 0 | 0.97 | 101770 | 0.001 |" in out
+    assert "| 0 | 0.9700 | 101770 | 0.001 |" in out
     assert "the study was not read" in err and "cannot read the study 'mnist_lit'" in err
 
 
