@@ -23,7 +23,9 @@ def search(root, sweep_dir, *overrides, timeout=300):
 
 
 def study_of(sweep_dir):
-    return optuna.load_study(study_name="mnist_lit", storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    from mnist_lit.search.study import default_storage, storage
+
+    return optuna.load_study(study_name="mnist_lit", storage=storage(default_storage(sweep_dir)))
 
 
 @pytest.fixture(scope="session")
@@ -123,16 +125,16 @@ def test_pruned_trials_are_recorded_as_pruned(synthetic_root, tmp_path):
 def test_resume_continues_the_study_and_retries_interrupted_trials(searched, tmp_path):
     sweep_dir = tmp_path / "search"
     shutil.copytree(searched[0], sweep_dir)
-    # a trial that a killed sweep left RUNNING (its job never wrote anything)
+    # a trial that a killed sweep left RUNNING (its job never wrote anything): its heartbeat stops
     study = study_of(sweep_dir)
     stale = study.ask(study.trials[0].distributions)
-    proc = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra.sweeper.n_trials=4", timeout=300)
+    proc = run_cli("mnist_lit.train", "-m", f"resume={sweep_dir}", "hydra.sweeper.n_trials=4",
+                   "hydra.sweeper.heartbeat_interval=1", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "trial 3 was left running by an earlier sweep" in proc.stdout + proc.stderr
+    assert "trial 3: no heartbeat for" in proc.stdout + proc.stderr
     trials = study_of(sweep_dir).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
-    assert trials[3].user_attrs == {"interrupted": True}
-    assert trials[4].params == stale.params and trials[4].user_attrs == {"retry_of": 3}
+    assert trials[4].params == stale.params and trials[4].user_attrs["retry_of"] == 3
     # the resumed trial ran with the search's own overrides, in the same sweep folder
     assert metrics(sweep_dir / "4")["status"] == "completed" and not (sweep_dir / "3").exists()
     ran = yaml.safe_load((sweep_dir / "4" / ".hydra" / "overrides.yaml").read_text())
@@ -154,7 +156,7 @@ def test_two_trials_in_parallel_with_joblib(synthetic_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     trials = study_of(tmp_path).trials
-    # both reported from their worker processes to the study, through the SQLite storage
+    # both reported from their worker processes to the study, through the journal file
     assert [(t.state.name, sorted(t.intermediate_values)) for t in trials] == [("COMPLETE", [0, 1])] * 2
     assert {metrics(tmp_path / str(i))["status"] for i in (0, 1)} == {"completed"}
 
@@ -168,10 +170,12 @@ def test_search_refuses_to_optimize_a_test_metric(synthetic_root, tmp_path):
 
 
 def test_dashboard_serves_the_study(searched):
-    sweep_dir, _ = searched
+    sweep_dir, output = searched
     port = free_port()
+    # the journal file's path, as the search's log line gives it
+    assert f"Watch it with: optuna-dashboard {sweep_dir / 'optuna.journal'}" in output
     command = [str(Path(sys.executable).with_name("optuna-dashboard")),
-               f"sqlite:///{sweep_dir / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)]
+               str(sweep_dir / "optuna.journal"), "--host", "127.0.0.1", "--port", str(port)]
     studies_url = f"http://127.0.0.1:{port}/api/studies"
     with local_server(command, lambda: get_json(studies_url) is not None, "optuna-dashboard", timeout=60):
         studies = get_json(studies_url)["study_summaries"]
@@ -265,8 +269,8 @@ def test_resume_repeats_only_plain_search_overrides(tmp_path):
 
 @pytest.mark.slurm
 def test_two_parallel_trials_as_slurm_jobs_share_the_study(slurm, synthetic_root, tmp_path):
-    # the launcher submits both trials of a batch to the local SLURM cluster at once; each job reports its
-    # epochs to the study through the SQLite file in the sweep folder (shared storage)
+    # the launcher submits two workers to the local SLURM cluster at once, each a SLURM job that runs trials;
+    # each reports its epochs to the study through the journal file in the sweep folder (shared storage)
     proc = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                   "hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1",
                   "hydra.launcher.timeout_min=10", "trainer.max_epochs=2", timeout=400)

@@ -14,14 +14,21 @@ class OptunaSweeperConf:
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])  # noqa: UP006
     sampler: Any = MISSING
     pruner: Any = MISSING
-    direction: str = "maximize"
+    # maximize or minimize; a list of them for several objectives (then optimized_metric is a list as long)
+    direction: Any = "maximize"
     study_name: str = "mnist_lit"
-    # any Optuna storage URL; null: sqlite:///<sweep dir>/optuna.db. Shared by the sweeper and every trial
+    # an Optuna database URL (sqlite:///..., postgresql://...) or a journal file's path; null: the journal
+    # <sweep dir>/optuna.journal (<sweep dir>/optuna.db where an older search left one). Shared by the
+    # sweeper's workers, their trials, and every sweeper process started on it
     storage: Optional[str] = None  # noqa: UP045
     # trials in the study in all (finished, pruned or failed); a second run of the sweep goes on up to it
     n_trials: int = 8
-    # trials asked for at once and launched together (hydra/launcher=joblib runs them in parallel)
+    # workers, each running one trial after another (hydra/launcher=joblib: processes on this machine;
+    # submitit: SLURM jobs; the basic launcher runs one)
     n_jobs: int = 1
+    # seconds between a running trial's heartbeats; a trial silent for 5 of them is taken as its worker's
+    # death (kill -9, a lost node): failed, and its parameters run again
+    heartbeat_interval: float = 10.0
     # stop the search with an error when more than this fraction of its trials failed
     max_failure_rate: float = 1.0
     # the search space in Hydra's override grammar: key -> choice(...), range(...), tag(log, interval(...))

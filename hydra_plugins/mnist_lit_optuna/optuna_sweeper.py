@@ -1,8 +1,11 @@
-"""A Hydra Sweeper on Optuna's ask-and-tell: asks the study for trials, launches them as Hydra jobs through
-any launcher (basic, joblib, submitit), tells the study how each ended (complete, pruned, failed).
+"""A Hydra Sweeper on Optuna's ask-and-tell with asynchronous workers: it starts hydra.sweeper.n_jobs worker
+jobs through any launcher (basic: one, in this process; joblib: processes; submitit: SLURM jobs); each worker
+asks the study for a trial as soon as its last one ended, runs it as a Hydra job, tells the study how it ended
+(complete, pruned, failed), until the study has n_trials (mnist_lit/search/worker.py).
 
-- The study lives in a storage (default sqlite:///<sweep dir>/optuna.db), so running the sweep again with the
-  same folder continues it up to n_trials; trials a dead sweep left RUNNING are marked failed and retried.
+- The study lives in a storage (default: the journal file <sweep dir>/optuna.journal), so running the sweep
+  again with the same folder continues it up to n_trials, and several sweeper processes started on the same
+  storage share it: heartbeats tell a dead process's running trials, which are run again.
 - Trial k runs in job folder <sweep dir>/k; its job finds the trial through three environment variables
   (mnist_lit/search/trial.py) and reports val/acc every epoch to the pruner.
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -22,8 +24,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -32,43 +33,77 @@ class SearchError(CompactHydraException):
     """A mistake in the search's setup (Hydra prints only the message)."""
 
 
-def quoted(value: str) -> str:
-    """A value as a quoted string of Hydra's override grammar."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: Any, pruner: Any, direction: str, study_name: str, storage: str | None,
-                 n_trials: int, n_jobs: int, max_failure_rate: float, params: DictConfig | None) -> None:
-        self.sampler, self.pruner, self.direction = sampler, pruner, direction
+    def __init__(self, sampler: Any, pruner: Any, direction: str | list[str], study_name: str,
+                 storage: str | None, n_trials: int, n_jobs: int, heartbeat_interval: float,
+                 max_failure_rate: float, params: DictConfig | None) -> None:
+        self.sampler, self.pruner = sampler, pruner
+        self.directions = [direction] if isinstance(direction, str) else [str(d) for d in direction]
         self.study_name, self.storage = study_name, storage
-        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.n_trials, self.n_jobs, self.heartbeat_interval = n_trials, n_jobs, heartbeat_interval
+        self.max_failure_rate = max_failure_rate
         self.params = OmegaConf.to_container(params) if params else {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context = config, hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(
-            config=config, hydra_context=hydra_context, task_function=task_function)
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def storage_url(self) -> str:
-        sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
-        return self.storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+        from mnist_lit.search.study import default_storage
+
+        if self.storage is None:
+            return default_storage(Path(self.config.hydra.sweep.dir))
+        # a journal file: the same file whichever folder a worker starts in
+        return self.storage if "://" in self.storage else str(Path(self.storage).absolute())
+
+    def metrics(self) -> list[str]:
+        metric = self.config.get("optimized_metric")
+        return [str(m) for m in metric] if isinstance(metric, ListConfig) else [str(metric)]
 
     def check(self) -> None:
-        metric = self.config.get("optimized_metric")
-        if not metric or str(metric).startswith("test/"):
-            raise SearchError(f"optimized_metric={metric}: the search must optimize a validation metric "
-                              "(e.g. val/acc_best); the test set is looked at only by "
-                              "python -m mnist_lit.confirm.")
-        if self.n_trials < 1 or self.n_jobs < 1 or not 0 <= self.max_failure_rate <= 1:
+        metrics = self.metrics()
+        for metric in metrics:
+            if metric in ("", "None") or metric.startswith("test/"):
+                raise SearchError(f"optimized_metric={metric}: the search must optimize a validation metric "
+                                  "(e.g. val/acc_best); the test set is looked at only by "
+                                  "python -m mnist_lit.confirm.")
+        if len(metrics) != len(self.directions) or not set(self.directions) <= {"maximize", "minimize"}:
+            raise SearchError(f"hydra.sweeper.direction={self.directions} and optimized_metric={metrics}: "
+                              "give one direction (maximize or minimize) per metric, in the same order, e.g. "
+                              "hydra.sweeper.direction=[maximize,minimize] optimized_metric=[val/acc_best,"
+                              "trainable_params].")
+        if self.n_trials < 1 or self.n_jobs < 1 or not 0 <= self.max_failure_rate <= 1 \
+                or not self.heartbeat_interval > 0:
             raise SearchError(f"hydra.sweeper: n_trials={self.n_trials} and n_jobs={self.n_jobs} must be "
-                              f">= 1, max_failure_rate={self.max_failure_rate} in [0, 1].")
+                              f">= 1, max_failure_rate={self.max_failure_rate} in [0, 1], heartbeat_interval="
+                              f"{self.heartbeat_interval} seconds > 0.")
 
-    def sweep(self, arguments: list[str]) -> None:
+    def open_study(self, url: str):
         import optuna
 
-        from mnist_lit.search.space import SearchSpaceError, parse
         from mnist_lit.search.study import storage
+
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=storage(url),
+                                        directions=self.directions, load_if_exists=True)
+        except (ValueError, ImportError, OSError, optuna.exceptions.OptunaError) as err:
+            raise SearchError(f"hydra.sweeper.storage={url}: cannot open the study: {err}. Give a writable "
+                              "folder (hydra.sweep.dir) or a reachable Optuna storage (a database URL or a "
+                              "journal file's path).") from None
+        had = [d.name.lower() for d in study.directions]
+        if had != self.directions:
+            raise SearchError(f"the study {self.study_name} in {url} has direction {had}, not "
+                              f"{self.directions}: continue it as it was, or start a new search (another "
+                              "hydra.sweep.dir or hydra.sweeper.study_name).")
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2, unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # optuna-dashboard and study.trials_dataframe() name the objectives, not "Objective 0"
+            study.set_metric_names(self.metrics())
+        return study
+
+    def sweep(self, arguments: list[str]) -> None:
+        from mnist_lit.errors import RunStopped
+        from mnist_lit.search.space import SearchSpaceError, parse
+        from mnist_lit.search.worker import STOPPED, Search, Worker, counted
 
         self.check()
         try:
@@ -80,125 +115,73 @@ class OptunaSweeper(Sweeper):
         # as Hydra's basic sweeper: the search's config and overrides, read by resume= and mnist_lit.confirm
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         url = self.storage_url()
-        try:
-            study = optuna.create_study(study_name=self.study_name, storage=storage(url),
-                                        sampler=self.sampler, pruner=self.pruner, direction=self.direction,
-                                        load_if_exists=True)
-        except (ValueError, ImportError, optuna.exceptions.OptunaError) as err:
-            raise SearchError(f"hydra.sweeper.storage={url}: cannot open the study: {err}. Give a writable "
-                              "folder (hydra.sweep.dir) or a reachable Optuna storage URL.") from None
-        with warnings.catch_warnings():  # experimental in Optuna since 3.2, unchanged since
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # optuna-dashboard and study.trials_dataframe() name the objective, not "Objective 0"
-            study.set_metric_names([str(self.config.optimized_metric)])
-        seed = self.config.hydra.sweeper.sampler.get("seed")
-        if study.trials and seed is not None:
-            # continuing a study: a sampler seeded as at its start would draw the first trials' parameters
-            study.sampler = instantiate(self.config.hydra.sweeper.sampler, seed=seed + len(study.trials))
-        retry_interrupted(study)
-        done = len(counted(study))
-        log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s. Watch it with: "
-                 "optuna-dashboard %s", self.study_name, url, done, self.n_trials,
-                 type(self.sampler).__name__, type(self.pruner).__name__, url)
-        failures = ran = 0
-        while done < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - done))]
-            failed, interrupted = self.run_batch(study, trials, fixed, url)
-            failures, ran, done = failures + failed, ran + len(trials), len(counted(study))
-            if interrupted is not None:  # Ctrl-C: the running trials stay RUNNING, to be retried on resume
-                raise interrupted
-            if failures > self.max_failure_rate * ran:
-                raise SearchError(f"{failures} of {ran} trials failed (more than hydra.sweeper."
-                                  f"max_failure_rate={self.max_failure_rate}); see "
-                                  f"python -m mnist_lit.summarize {self.config.hydra.sweep.dir}")
-        self.report(study)
-
-    def run_batch(self, study, trials: list, fixed: dict[str, str], url: str
-                  ) -> tuple[int, BaseException | None]:
-        import optuna
-
-        from mnist_lit.errors import RunStopped
-        from mnist_lit.search.space import to_override
-        from mnist_lit.search.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
-        from mnist_lit.search.sweep import JobPruned
-
-        batches = []  # job folder = trial number: consecutive numbers go to the launcher together
-        for trial in trials:
-            overrides = (*(f"{k}={v}" for k, v in fixed.items()),
-                         *(to_override(k, v) for k, v in trial.params.items()),
-                         f"++hydra.job.env_set.{STORAGE_ENV}={quoted(url)}",
-                         f"++hydra.job.env_set.{STUDY_ENV}={quoted(study.study_name)}",
-                         f"++hydra.job.env_set.{TRIAL_ENV}={trial.number}")
-            if batches and batches[-1][0] + len(batches[-1][1]) == trial.number:
-                batches[-1][1].append(overrides)
-            else:
-                batches.append((trial.number, [overrides]))
-        returns = []
-        for first, overrides in batches:
-            self.validate_batch_is_legal(overrides)
-            returns += self.launcher.launch(overrides, initial_job_idx=first)
-        failed, interrupted = 0, None
-        for trial, ret in zip(trials, returns, strict=True):
-            said = io.StringIO()  # Hydra's "Error executing job with overrides" line: none for a pruned trial
+        study = self.open_study(url)
+        if study.user_attrs.get(STOPPED):  # an earlier run stopped at max_failure_rate: this one decides anew
+            study.set_user_attr(STOPPED, None)
+        search = Search(url=url, study_name=self.study_name, space=space, fixed=fixed, n_trials=self.n_trials,
+                        objectives=len(self.directions), max_failure_rate=self.max_failure_rate,
+                        heartbeat_interval=self.heartbeat_interval)
+        launcher = Plugins.instance().instantiate_launcher(
+            config=self.config, hydra_context=self.hydra_context,
+            task_function=Worker(search, self.hydra_context, self.config, self.task_function))
+        workers = 1 if type(launcher).__name__ == "BasicLauncher" else self.n_jobs
+        log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s; %d worker(s). Watch it with: "
+                 "optuna-dashboard %s", self.study_name, url, len(counted(study.get_trials(deepcopy=False))),
+                 self.n_trials, type(self.sampler).__name__, type(self.pruner).__name__, workers, url)
+        if workers < self.n_jobs:
+            log.info("hydra.sweeper.n_jobs=%d: the basic launcher runs one worker, its trials one after "
+                     "another (hydra/launcher=joblib runs %d at once)", self.n_jobs, self.n_jobs)
+        if len(self.directions) > 1 and type(self.pruner).__name__ != "NopPruner":
+            log.info("pruning off: Optuna prunes no search of several objectives (%d here), so the pruner %s "
+                     "is not asked", len(self.directions), type(self.pruner).__name__)
+        # a job's config is composed from Hydra's overrides and these alone: the command line's fixed ones
+        # too. Each worker's own log in <sweep dir>/workers/<i>/, and no .hydra/ there: it is no training job
+        jobs = [[*(f"{k}={v}" for k, v in fixed.items()), f"hydra.sweep.subdir=workers/{i}",
+                 "hydra.output_subdir=null"] for i in range(workers)]
+        self.validate_batch_is_legal(jobs)
+        interrupted, stopped = None, None
+        for ret in launcher.launch(jobs, initial_job_idx=0):
+            said = io.StringIO()  # Hydra's "Error executing job with overrides" line
             try:
                 with contextlib.redirect_stderr(said):
-                    value = ret.return_value  # raises the job's error
-            except JobPruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                continue
-            except RunStopped as err:  # Ctrl-C (keep_sweeping lets only "interrupted" through)
+                    stopped = stopped or ret.return_value["stopped"]
+            except RunStopped as err:  # Ctrl-C: each worker has enqueued its trial to run again
                 sys.stderr.write(said.getvalue())
                 interrupted = err
-                continue
-            except Exception as err:  # a job failed (JobFailed: bad value, diverged, ...): the search goes on
-                sys.stderr.write(said.getvalue())
-                value = err
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                study.tell(trial, float(value))
-            else:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                log.warning("trial %d failed: %s", trial.number,
-                            value if isinstance(value, BaseException) else f"it returned {value!r}")
-                failed += 1
-        return failed, interrupted
+        if interrupted is not None:
+            raise interrupted
+        if stopped:
+            raise SearchError(f"{stopped}; see python -m mnist_lit.summarize {sweep_dir}")
+        self.report(study)
 
     def report(self, study) -> None:
-        """Log the best trial, write <sweep dir>/optimization_results.yaml (read by mnist_lit.summarize)."""
+        """Log the best trial (of several objectives: the Pareto front), write <sweep dir>/
+        optimization_results.yaml (read by mnist_lit.summarize)."""
         import optuna
 
-        states = [t.state for t in counted(study)]
+        from mnist_lit.search.worker import counted
+
+        states = [t.state for t in counted(study.get_trials(deepcopy=False))]
         counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState if s in states}
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
             log.warning("no trial completed (%s)", counts)
             return
-        best = study.best_trial
-        results = {"name": "optuna", "study_name": study.study_name, "storage": self.storage_url(),
-                   "best_trial": best.number, "best_params": best.params, "best_value": best.value,
-                   "trials": counts}
+        results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name,
+                                   "storage": self.storage_url(), "trials": counts}
+        if len(self.directions) > 1:
+            front = sorted(study.best_trials, key=lambda t: t.number)
+            results["pareto_front"] = [{"number": t.number, "values": t.values, "params": t.params}
+                                       for t in front]
+            log.info("Pareto front (%d of the trials; %s; %s):", len(front), counts,
+                     ", ".join(f"{d} {m}" for d, m in zip(self.directions, self.metrics(), strict=True)))
+            for t in front:
+                log.info("  trial %d: %s; %s", t.number, ", ".join(
+                    f"{m}={v:.6g}" for m, v in zip(self.metrics(), t.values, strict=True)), t.params)
+        else:
+            best = study.best_trial
+            results.update(best_trial=best.number, best_params=best.params, best_value=best.value)
+            log.info("Best parameters (trial %d, %s): %s", best.number, counts, best.params)
+            log.info("Best value: %s", best.value)
         path = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
         OmegaConf.save(OmegaConf.create(results), path)
-        log.info("Best parameters (trial %d, %s): %s", best.number, counts, best.params)
-        log.info("Best value: %s", best.value)
-
-
-def counted(study) -> list:
-    """The trials that count towards n_trials: finished ones, those a dead sweep interrupted excepted."""
-    import optuna
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False, states=states) if "interrupted" not in t.user_attrs]
-
-
-def retry_interrupted(study) -> None:
-    """Trials left RUNNING by a sweep that died: marked failed (user attr `interrupted`) and asked again with
-    the same parameters. One sweeper per study at a time: its own trials are the only RUNNING ones."""
-    import optuna
-
-    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(frozen.params, user_attrs={"retry_of": frozen.number})
-        log.warning("trial %d was left running by an earlier sweep: marked failed, retried with the same "
-                    "parameters", frozen.number)

@@ -166,8 +166,12 @@ def in_use(what: str, folder: Path) -> str:
 def continues_search(config: DictConfig, folder: Path) -> bool:
     """An Optuna search started again on the folder of its own study: it continues that study (the same
     command again, as well as `-m resume=`), so the folder is its own."""
-    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
-    return "mnist_lit_optuna" in sweeper and (folder / "optuna.db").is_file()
+    return is_search(config) and any((folder / name).is_file() for name in ("optuna.journal", "optuna.db"))
+
+
+def is_search(config: DictConfig) -> bool:
+    """An Optuna search: several sweeper processes may share its folder (and its study)."""
+    return "mnist_lit_optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
 
 
 class ClaimRunDir(Callback):
@@ -223,11 +227,11 @@ class ClaimRunDir(Callback):
         reason = unwritable(folder)
         if reason is not None:
             _refuse(_cannot_write(folder, reason, key))
-        if not hold(Path(folder)):  # a run still training there, or another resume of it
+        # a run still training there, or another resume of it; a search's folder is shared by its processes
+        if not hold(Path(folder)) and not (kind == "sweep" and is_search(config)):
             _refuse(in_use(kind, Path(folder)))
         if search:
-            print(f"continuing the Optuna search of {folder} (its study: {Path(folder) / 'optuna.db'})",
-                  file=sys.stderr)
+            print(f"continuing the Optuna search of {folder} (its study is in that folder)", file=sys.stderr)
         if is_resume and kind == "run":
             keep_recorded(Path(folder))
 

@@ -19,16 +19,39 @@ SEARCH_GROUPS = frozenset(
     {"hydra/sweeper", "hydra/sweeper/sampler", "hydra/sweeper/pruner", "hydra/launcher"})
 
 
+JOURNAL, SQLITE = "optuna.journal", "optuna.db"
+
+
+def default_storage(sweep_dir: Path) -> str:
+    """A search's storage when hydra.sweeper.storage is null: Optuna's journal file in the sweep folder (its
+    lock is safe on a filesystem that several nodes share, where SQLite's is not); the SQLite file of a
+    folder that an older search started keeps its study."""
+    sweep_dir = sweep_dir.absolute()
+    if (sweep_dir / SQLITE).is_file():
+        return f"sqlite:///{sweep_dir / SQLITE}"
+    return str(sweep_dir / JOURNAL)
+
+
 def storage(url: str):
-    """An Optuna storage; SQLite waits for a lock instead of failing when parallel trials write at once."""
+    """An Optuna storage: a database URL (sqlite://, postgresql://, mysql://...) or a journal file's path.
+    SQLite waits for a lock instead of failing when parallel trials write at once."""
     import optuna
     import sqlalchemy.exc
 
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except sqlalchemy.exc.OperationalError as err:  # a server unreachable or refusing the URL's login
         raise ValueError(" ".join(str(err.orig).split())) from None
+
+
+def directions(direction) -> list[str]:
+    """hydra.sweeper.direction, a string or a list of them (several objectives), as a list."""
+    return [direction] if isinstance(direction, str) else [str(d) for d in direction]
 
 
 def search_config(sweep_dir: Path) -> SweepRecord | None:
@@ -82,7 +105,7 @@ def load_study(sweep_dir: Path):
                         "mnist-lit's sweeper). Pass the hydra.sweep.dir of a search: python -m "
                         "mnist_lit.train -m hparams_search=optuna hydra.sweep.dir=<folder>.")
     name = search.hydra["sweeper"].get("study_name")
-    url = search.hydra["sweeper"].get("storage") or f"sqlite:///{sweep_dir.absolute() / 'optuna.db'}"
+    url = search.hydra["sweeper"].get("storage") or default_storage(sweep_dir)
     try:
         return optuna.load_study(study_name=name, storage=storage(str(url)))
     except (KeyError, ValueError, optuna.exceptions.OptunaError) as err:
@@ -91,9 +114,12 @@ def load_study(sweep_dir: Path):
 
 
 def best_trials(study, k: int) -> list:
-    """The k best completed trials, best first."""
+    """The k best completed trials, best first (of several objectives: by the first, on the Pareto front)."""
     import optuna
 
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: t.value, reverse=maximize)[:k]
+    if len(study.directions) > 1:
+        done = study.best_trials
+    else:
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: t.values[0], reverse=maximize)[:k]

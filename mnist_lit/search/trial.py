@@ -13,7 +13,7 @@ import os
 import lightning.pytorch as pl
 
 from mnist_lit.runs.reliability import Ended
-from mnist_lit.search.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, storage
+from mnist_lit.search.study import STORAGE_ENV, STUDY_ENV, TRIAL_ENV, directions, storage
 
 
 class TrialPruned(Ended):
@@ -51,11 +51,14 @@ class ReportToTrial(pl.Callback):
 
 
 def trial_callbacks() -> list[pl.Callback]:
-    """[ReportToTrial] inside an Optuna search's job, else []."""
+    """[ReportToTrial] inside an Optuna search's job of one objective, else [] (Optuna prunes no search of
+    several objectives: the sweeper says so once)."""
     if TRIAL_ENV not in os.environ:
         return []
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    if len(directions(HydraConfig.get().sweeper.direction)) > 1:
+        return []
     pruner = instantiate(HydraConfig.get().sweeper.pruner)
     return [ReportToTrial(os.environ[STORAGE_ENV], os.environ[STUDY_ENV], int(os.environ[TRIAL_ENV]), pruner)]
