@@ -53,6 +53,7 @@ def popen_train(*overrides: str) -> subprocess.Popen:
 
 def compared(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["metrics"].pop("model/latency_ms", None)  # a timing: never the same twice
     return {k: metrics[k] for k in COMPARED} | {"best": Path(metrics["best_checkpoint"]).name}
 
 
@@ -143,3 +144,27 @@ def test_training_longer_from_an_epochs_end_goes_on_with_the_next_epoch(syntheti
     assert expected["steps"] == 2 * 16 and expected["epochs"] == 2
     for fast in longer:
         assert compared(tmp_path / fast) == expected, fast
+
+
+@pytest.mark.slow
+def test_last_checkpoint_is_the_last_epoch_even_without_a_new_best(synthetic_root, tmp_path):
+    # a learning rate too small to change val/acc: only epoch 0 is ever the best, yet last.ckpt must hold
+    # the last epoch (a run killed with -9 continues from it), and continuing from it ends as one long run
+    base = [f"data.root={synthetic_root}", *[o for o in OVERRIDES if not o.startswith("trainer.max_epochs")],
+            "model.optimizer.lr=1e-12", "~callbacks.learning_curves", "~callbacks.test_images",
+            "~callbacks.sample_digits"]
+    first = popen_train("trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'first'}", *base)
+    whole = popen_train("trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'whole'}", *base)
+    for proc in (first, whole):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    ckpts = tmp_path / "first" / "checkpoints"
+    assert [p.name[:8] for p in ckpts.glob("epoch*.ckpt")] == ["epoch00-"]  # the only best
+    last = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
+    assert (last["epoch"], last["global_step"]) == (1, 2 * 16)
+    assert len(list(ckpts.glob("last*.ckpt"))) == 1
+    longer = popen_train("trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'longer'}",
+                         f"ckpt_path={ckpts / 'last.ckpt'}", *base)
+    out, err = longer.communicate(timeout=300)
+    assert longer.returncode == 0, err[-3000:]
+    assert compared(tmp_path / "longer") == compared(tmp_path / "whole")

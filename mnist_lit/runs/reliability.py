@@ -157,6 +157,7 @@ class ResumeExactly(pl.Callback):
     - the random number generators (dropout, augmentation), saved with every checkpoint;
     - the training loader's position in the epoch: a run resumed mid-epoch starts after the batches
       already trained (the datamodule's `resume_at`);
+    - last.ckpt at every validation, not only at those that found a new best (Lightning's rule);
     - with ckpt_path=<another run's checkpoint>, that run's best checkpoint: it is copied into this run's
       checkpoints/ and ModelCheckpoint's record is moved with it (Lightning keeps no best score across
       folders), so the best epoch is still chosen among all epochs, those before the resume included.
@@ -195,6 +196,18 @@ class ResumeExactly(pl.Callback):
                      best_model_path=str(new / Path(state["best_model_path"]).name),
                      kth_best_model_path=str(new / Path(state["kth_best_model_path"]).name)
                      if state.get("kth_best_model_path") else "")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Lightning writes last.ckpt only at a validation that saved a new best checkpoint: a run killed
+        # without a signal (kill -9, a lost node) would continue from that older epoch. ModelCheckpoint runs
+        # after this and rewrites it when it saves a new best (its record of the best changes then).
+        cb = trainer.checkpoint_callback
+        if cb is None or not cb.save_last or trainer.sanity_checking or trainer.state.fn != "fit" \
+                or trainer.global_step == 0 or trainer.fast_dev_run:
+            return
+        path = last_checkpoint_path(trainer)
+        cb.last_model_path = str(path)  # so that ModelCheckpoint overwrites it instead of adding last-v1.ckpt
+        trainer.save_checkpoint(path, weights_only=False)
 
     def state_dict(self) -> dict[str, Any]:
         # torch's generators only: numpy and Python states are not tensors, which weights-only loading refuses
