@@ -254,19 +254,15 @@ def compare(sweep_dirs: list[Path], use_csv: bool = False) -> tuple[str, list[st
     rows = [[str(sweep_dir), *config, str(len(group)), *(mean_std(group, k) for k in metrics)]
             for sweep_dir, jobs, _ in sweeps for config, group in by_config(jobs, keys).items()]
     render = as_csv if use_csv else markdown
-    parts, notes = [render(header, rows)], []
-    searches = []
-    for sweep_dir, jobs, objectives in sweeps:
-        notes.append(counts_note(jobs, sweep_dir))
-        search = Search.of(sweep_dir, objectives, label=str(sweep_dir))
-        if search is not None:
-            searches.append(search)
-            notes += search.notes
+    parts = [render(header, rows)]
+    notes = [counts_note(jobs, sweep_dir) for sweep_dir, jobs, _ in sweeps]
+    found = (Search.of(sweep_dir, objectives, label=str(sweep_dir)) for sweep_dir, _, objectives in sweeps)
+    searches = [search for search in found if search is not None]
     for tables in (s.pareto_table() for s in searches), (s.importance_table() for s in searches):
         table = merged([t for t in tables if t])
         if table:
             parts.append(render(*table))
-    return "\n\n".join(parts), notes
+    return "\n\n".join(parts), notes + [note for search in searches for note in search.notes]
 
 
 def merged(tables: list[tuple[list[str], list[list[str]]]]) -> tuple[list[str], list[list[str]]] | None:

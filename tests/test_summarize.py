@@ -145,6 +145,7 @@ def test_sweeps_side_by_side_with_seeds_and_importances(tmp_path, capsys):
                                            "importance for model/params |")
     assert all(line.startswith(f"| {search} | model.") for line in importances.splitlines()[2:])
     assert f"4 jobs in {a}: 3 completed, 1 failed" in err and f"6 jobs in {search}: 6 completed" in err
+    assert f"{search}: parameter importances: Optuna's default evaluator (PED-ANOVA in Optuna 5) on 6" in err
 
 
 def test_plot_of_several_sweeps_is_refused(tmp_path, capsys):
