@@ -370,6 +370,11 @@ class Search:
         if self.study is None:
             return None
         done = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        too_few = f"{self.where}parameter importances: too few completed trials ({len(done)}) to tell the " \
+            "parameters apart"
+        if len(done) < 2:
+            self.notes.append(too_few)
+            return None
         columns = {}
         for i, (name, direction) in enumerate(zip(self.objectives, self.directions, strict=True)):
             sign = -1.0 if direction == "maximize" else 1.0  # the default evaluator takes lower as better
@@ -377,9 +382,8 @@ class Search:
                 warnings.simplefilter("always")
                 importances = optuna.importance.get_param_importances(
                     self.study, target=lambda t, i=i, sign=sign: sign * t.values[i])
-            if len(done) < 2 or not importances or any("will be equal" in str(w.message) for w in said):
-                self.notes.append(f"{self.where}parameter importances: too few completed trials "
-                                  f"({len(done)}) to tell the parameters apart")
+            if not importances or any("will be equal" in str(w.message) for w in said):
+                self.notes.append(too_few)
                 return None
             columns[name] = importances
         self.notes.append(f"{self.where}parameter importances: Optuna's default evaluator (PED-ANOVA in "
