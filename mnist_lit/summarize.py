@@ -305,7 +305,7 @@ class Search:
     def of(cls, sweep_dir: Path, objectives: list[str], label: str | None = None) -> Search | None:
         """The search of `sweep_dir` (its jobs optimized `objectives`), or None for a sweep that is no
         Optuna search."""
-        from mnist_lit.search.study import load_study, search_config
+        from mnist_lit.search.study import directions, load_study, search_config
 
         try:
             config = search_config(sweep_dir)
@@ -313,9 +313,8 @@ class Search:
             return None
         if config is None:
             return None
-        direction = config.hydra["sweeper"].get("direction") or "maximize"
-        directions = [direction] if isinstance(direction, str) else [str(d) for d in direction]
-        search = cls(sweep_dir, label, objectives, directions)
+        recorded = config.hydra["sweeper"].get("direction") or "maximize"
+        search = cls(sweep_dir, label, objectives, directions(recorded))
         try:
             search.study = load_study(sweep_dir)
         except UserError as err:
