@@ -72,5 +72,5 @@ def test_an_unreachable_postgresql_is_one_paragraph(synthetic_root, postgres_ser
     errors = [line for line in proc.stderr.splitlines() if said in line]
     assert len(errors) == 1, proc.stderr[-3000:]
     # one paragraph: the storage named, what the server said, and what to give instead
-    assert "hydra.sweeper.storage=" in errors[0] and "storage URL" in errors[0]
+    assert "hydra.sweeper.storage=" in errors[0] and "reachable Optuna storage" in errors[0]
     assert not (tmp_path / "sweep" / "0").exists()  # no trial ran
