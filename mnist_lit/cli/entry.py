@@ -22,6 +22,7 @@ from mnist_lit import CONF_DIR
 from mnist_lit.cli.resume import expand_resume
 from mnist_lit.config import schema
 from mnist_lit.config.messages import (
+    check_resolves,
     check_shown_config,
     explain_hydra_errors,
     refuse_added_keys,
@@ -42,7 +43,7 @@ def command(config_name: str, trains: bool = False, check: Callable[[DictConfig]
     check = check or functools.partial(refuse_added_keys, config_name=config_name)
 
     def decorate(task: Callable[[DictConfig], object]) -> Callable[[], None]:
-        job = report_user_errors(keep_sweeping(continue_attempts(task)) if trains else task)
+        job = report_user_errors(keep_sweeping(continue_attempts(resolved(task))) if trains else resolved(task))
         finished = []
 
         @functools.wraps(task)
@@ -67,6 +68,17 @@ def command(config_name: str, trains: bool = False, check: Callable[[DictConfig]
         return main
 
     return decorate
+
+
+def resolved(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
+    """`task`, run once every value of its config resolves (check_resolves)."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig):
+        check_resolves(cfg)
+        return task(cfg)
+
+    return wrapper
 
 
 def exit_without_teardown() -> None:

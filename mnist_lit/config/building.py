@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lit.errors import UserError, user_error_of
+from mnist_lit.errors import UserError, named_key, raised_user_error, refusal_sentences
 
 # what a config may ask of its data module with ${datamodule:<name>}: the class attributes that say what its
 # data is like (mnist_lit.data.TensorDataModule), known without reading any data
@@ -37,15 +37,123 @@ def build(node: DictConfig, key: str, **kwargs):
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
+    check_types(node, key)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
-        cause = user_error_of(err) or err.__cause__ or err
-        if isinstance(cause, UserError):
-            raise cause from None
-        reason = str(cause).rstrip(". ")
-        raise UserError(f"{key}: cannot be built from the config: {reason}. Check its keys and values "
+        cause = err.__cause__ or err
+        if raised_user_error(cause) is not None:
+            raise raised_user_error(cause) from None
+        # anything else the object refused (a library's check of its arguments): named by the node's keys
+        message = str(cause).strip() or type(cause).__name__
+        given = {f"{key}.{k}": _shown(node, k) for k in node if not str(k).startswith("_")}
+        named = named_key(message, given)
+        raise UserError(f"{named or key}: {key} cannot be built from the config: "
+                        f"{refusal_sentences(message).rstrip('.')}. Check its keys and values "
                         f"(python -m mnist_lit.train --cfg job shows them).") from err
+
+
+def check_types(node, key: str) -> None:
+    """A UserError for a value of `node` (and of the objects it nests) whose type the parameter it goes to
+    does not take, by the parameter's annotation: some libraries take any value and fail later on it, deep
+    in their code (Lightning's `Trainer(profiler=5)` when the fit starts). Only what a command line can give
+    (numbers, strings, booleans, null, lists, dicts) is checked, against the annotations understood; a
+    literal's values are left to the library, whose message lists them."""
+    import typing
+
+    from hydra.utils import get_object
+
+    if isinstance(node, DictConfig) and isinstance(node.get("_target_"), str):
+        try:
+            target = get_object(node._target_)
+            hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target)
+        except Exception:  # a target that cannot be imported: instantiate says so; unreadable annotations
+            hints = {}
+        for name in node:
+            if name in hints and not str(name).startswith("_"):
+                try:
+                    value = node[name]
+                except Exception:  # an interpolation that cannot be resolved here: left to instantiate
+                    continue
+                if OmegaConf.is_config(value) and "_target_" not in value:
+                    value = OmegaConf.to_container(value, resolve=True)
+                if not OmegaConf.is_config(value) and not _takes(hints[name], value):
+                    raise UserError(
+                        f"{key}.{name}={_shown(node, name)}: {node._target_} takes {_described(hints[name])} "
+                        f"for {name}, not {_described(type(value))}. Give it one of those (python -m "
+                        "mnist_lit.train --cfg job shows the config).")
+    if OmegaConf.is_config(node):
+        for name in node if isinstance(node, DictConfig) else range(len(node)):
+            try:
+                child = node[name]
+            except Exception:
+                continue
+            if OmegaConf.is_config(child):
+                check_types(child, f"{key}.{name}")
+
+
+def _takes(hint, value) -> bool:
+    """Whether a parameter annotated `hint` takes `value` (from a command line); True where unsure."""
+    import collections.abc
+    import datetime
+    import os
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or isinstance(hint, (typing.TypeVar, str, typing.ForwardRef)):
+        return True
+    if origin is typing.Union or type(hint).__name__ == "UnionType":
+        return any(_takes(arg, value) for arg in args)
+    if origin is typing.Literal:  # the library's own check lists the allowed values
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str or hint is os.PathLike or (isinstance(hint, type) and issubclass(hint, os.PathLike)):
+        return isinstance(value, str)
+    container = origin or hint
+    if container in (list, tuple, collections.abc.Sequence, collections.abc.Iterable, set):
+        element = args[0] if args and (container is not tuple or len(args) == 2 and args[1] is Ellipsis) \
+            else typing.Any
+        return isinstance(value, list) and all(_takes(element, item) for item in value)
+    if container in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    if hint is datetime.timedelta or (isinstance(hint, type) and not hint.__module__ == "builtins"):
+        return False  # an object a command line cannot give (a Profiler, a Strategy)
+    return True
+
+
+def _described(hint) -> str:
+    """`hint` in words: "an int, a string or null"."""
+    import typing
+
+    if typing.get_origin(hint) is typing.Union or type(hint).__name__ == "UnionType":
+        words = list(dict.fromkeys(_described(arg) for arg in typing.get_args(hint)))
+        return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+    origin = typing.get_origin(hint) or hint
+    names = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", tuple: "a list", dict: "a dict"}
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    return names.get(origin, f"a {getattr(origin, '__name__', str(origin))}")
+
+
+def _shown(node: DictConfig, key: str) -> str | None:
+    """The value of `node[key]` as a command line would give it, or None where it has none to show."""
+    try:
+        value = node[key]
+    except Exception:  # an interpolation that needs what is not there
+        return None
+    if isinstance(value, DictConfig):
+        return None
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    return "null" if value is None else str(value).replace(" ", "")
 
 
 def build_each(group: DictConfig | None, key: str) -> list:

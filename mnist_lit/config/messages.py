@@ -76,8 +76,8 @@ def explain_hydra_errors(entry: Callable[[], T], explain: Callable[[Exception], 
 
         report = utils.run_and_report
         utils.run_and_report = lambda func: report(lambda: _explained(func, explain))
-        try:
-            return entry()
+        try:  # --help and Hydra's checks of its flags run outside run_and_report
+            return _explained(entry, explain)
         finally:
             utils.run_and_report = report
 
@@ -94,7 +94,10 @@ def _explained(func: Callable[[], T], explain: Callable[[Exception], str | None]
             raise
         message = explain(err)
         if message is None and not _in_job(err):
-            if _composing(err):
+            if isinstance(err, ValueError) and _raised_in(err, "_run_hydra"):  # flags that do not go together
+                message = (f"{str(err).rstrip('.')}. python -m mnist_lit.{Path(sys.argv[0]).stem} --help "
+                           "lists the flags.")
+            elif _composing(err):
                 message = composition_message(err, sys.argv)
             elif isinstance(err, CompactHydraException):  # a sweeper's refusal: its message is the paragraph
                 message = str(err)
@@ -102,6 +105,14 @@ def _explained(func: Callable[[], T], explain: Callable[[Exception], str | None]
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _raised_in(err: Exception, function: str) -> bool:
+    """Whether the innermost frame of `err`'s traceback is `function`'s."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and frames[-1].name == function
 
 
 def _in_job(err: Exception) -> bool:
@@ -141,7 +152,7 @@ def check_shown_config(config_name: str, check: Callable[[DictConfig], object], 
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    args = get_args_parser().parse_args(argv)
+    args = parse_flags(get_args_parser(), argv, config_name)
     if args.cfg is None and args.info not in ("all", "config"):
         return
     try:
@@ -153,6 +164,37 @@ def check_shown_config(config_name: str, check: Callable[[DictConfig], object], 
     with open_dict(cfg):
         del cfg["hydra"]
     check(cfg)
+
+
+def parse_flags(parser, argv: list[str], config_name: str):
+    """`argv` parsed by Hydra's argument `parser`; a flag it does not know, or a bad value of one of its
+    flags, is a UserError (argparse would print its usage and exit 2)."""
+    command = f"python -m mnist_lit.{config_name}"
+
+    def refuse(message: str):
+        raise UserError(f"{message.rstrip('.')}: {command} takes key=value overrides and Hydra's flags "
+                        f"(--help, --cfg job|hydra|all, --info, -m ...); {command} --help lists them.")
+
+    parser.error = refuse  # argparse reports through its parser's error()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        refuse(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def check_resolves(cfg: DictConfig) -> None:
+    """A UserError for a value that cannot be resolved (`misclassified=${seed}` where the config has no
+    seed, `${oops:1}`), before anything reads it; a value left unset (`???`) is the command's own check's."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "the config"
+        raise UserError(f"{key}: {str(err).splitlines()[0].rstrip('.')}. Give it a value of its own, or "
+                        f"interpolate a key the config has (python -m mnist_lit.{Path(sys.argv[0]).stem} "
+                        "--cfg job shows them).") from None
 
 
 def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:

@@ -35,7 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lit.config.overrides import override_key
-from mnist_lit.errors import UserError
+from mnist_lit.errors import UserError, first_sentence
 from mnist_lit.runs.allowlist import check_network, check_override, check_tree
 
 if TYPE_CHECKING:  # torch is imported where it is used: `resume=` refuses a hostile folder before it
@@ -154,14 +154,6 @@ def _example_run() -> str:
 def _val_acc(path: Path) -> float:
     match = re.search(r"val_acc(\d+(?:\.\d+)?)", path.name)
     return float(match.group(1)) if match else -1.0
-
-
-def first_sentence(text: str) -> str:
-    """The first sentence of a library's message (torch's go on with advice that does not apply here)."""
-    if not text.strip():
-        return ""
-    first = re.split(r"(?<=[^.])\.(?:\s|$)", text.strip(), maxsplit=1)[0].splitlines()[0]
-    return first if len(first) <= 240 else first[:240].rsplit(" ", 1)[0] + " ..."
 
 
 def metrics_of(folder: Path) -> tuple[dict, str | None]:
