@@ -116,6 +116,17 @@ def real_root() -> Path:
 SYNTHETIC_OVERRIDES = ["data.val_size=100", "data.download=false", "steps_per_execution=5", "trainer=cpu"]
 
 
+# what two runs that should end alike are compared on (timings and paths aside)
+COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epochs", "steps")
+
+
+def compared(run_dir: Path) -> dict:
+    """A run's outcome from its metrics.json: COMPARED, and its best checkpoint's file name."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["metrics"].pop("model/latency_ms", None)  # a timing: never the same twice
+    return {k: metrics[k] for k in COMPARED} | {"best": Path(metrics["best_checkpoint"]).name}
+
+
 def run_cli(module: str, *overrides: str, timeout: float = 600, env: dict | None = None):
     """Run `python -m <module> overrides...` from the project root; returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

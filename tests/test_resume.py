@@ -16,14 +16,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import PROJECT, run_cli
+from conftest import PROJECT, compared, run_cli
 
 TESTS = Path(__file__).resolve().parent
 # 16 optimizer steps an epoch, grouped 2 by 2 with fast=true, so there is a middle to interrupt; the last
 # epoch is interrupted, so its train/loss and train/acc add up sums from before and after
 OVERRIDES = ["data.val_size=100", "data.download=false", "steps_per_execution=2", "trainer=cpu",
              "trainer.max_epochs=3", "seed=0", "trainer.deterministic=true"]
-COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epochs", "steps")
 
 
 class PauseAt(pl.Callback):
@@ -50,11 +49,6 @@ def popen_train(*overrides: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mnist_lit.train", *overrides], cwd=PROJECT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-
-def compared(run_dir: Path) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["metrics"].pop("model/latency_ms", None)  # a timing: never the same twice
-    return {k: metrics[k] for k in COMPARED} | {"best": Path(metrics["best_checkpoint"]).name}
 
 
 @pytest.mark.slow

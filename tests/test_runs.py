@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import yaml
-from conftest import PROJECT, SYNTHETIC_OVERRIDES, compose, run_cli
+from conftest import PROJECT, SYNTHETIC_OVERRIDES, compared, compose, run_cli
 from omegaconf import OmegaConf
 
 from mnist_lit.cli.resume import expand_resume
@@ -30,7 +30,6 @@ ENV = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join([str(PROJECT), str
 RUN = [*SYNTHETIC_OVERRIDES, "steps_per_execution=1", "trainer.max_epochs=2",
        "trainer.deterministic=true",
        "~callbacks.test_images", "~callbacks.sample_digits", "threads=1"]
-COMPARED = ("status", "test_acc", "test_loss", "best_val_acc", "metrics", "epochs", "steps")
 
 
 class PauseJob(pl.Callback):
@@ -78,10 +77,6 @@ def wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 240) -> str:
     assert marker.exists(), proc.communicate()[1][-3000:]
     return marker.read_text()
 
-
-def compared(job_dir: Path) -> dict:
-    metrics = json.loads((job_dir / "metrics.json").read_text())
-    return {k: metrics[k] for k in COMPARED} | {"best": Path(metrics["best_checkpoint"]).name}
 
 
 def one_run_of_checkpoints(job_dir: Path) -> None:
