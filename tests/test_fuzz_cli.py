@@ -303,6 +303,8 @@ def test_train(in_example, argv):
 @example(argv=["run_dir=sweep"])
 @example(argv=["run_dir=run/checkpoints/last.ckpt"])
 @example(argv=["misclassified=${seed}"])
+@example(argv=["run_dir=2026"])
+@example(argv=["output_dir=true"])
 def test_evaluate(in_example, argv):
     code, output = in_example("evaluate", ["run_dir=run", "data.root=data", *argv])
     check_outcome(code, output, argv)
@@ -321,6 +323,7 @@ def test_predict(in_example, argv):
 @given(argv=export_line)
 @example(argv=["format=banana"])
 @example(argv=["format=onnx"])
+@example(argv=["+ckpt_path=true"])
 def test_export(in_example, argv):
     code, output = in_example("export", ["run_dir=run", "data.root=data", "format=torchscript",
                                             "check_digits=20", *argv])

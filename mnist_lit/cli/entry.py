@@ -25,7 +25,7 @@ from mnist_lit.config.messages import (
     check_resolves,
     check_shown_config,
     explain_hydra_errors,
-    refuse_added_keys,
+    refuse_added_keys_and_non_paths,
     report_user_errors,
 )
 from mnist_lit.runs.folders import continue_attempts, sweep_end_message
@@ -38,12 +38,14 @@ schema.register()
 def command(config_name: str, trains: bool = False, check: Callable[[DictConfig], object] | None = None
             ) -> Callable[[Callable[[DictConfig], object]], Callable[[], None]]:
     """`python -m mnist_lit.<command> [overrides]`: the decorated function runs once per job. `check` (by
-    default: no key added that conf/<config_name>.yaml lacks) is what a run checks first; a command line
-    that prints the config (`--cfg`) goes through it too."""
-    check = check or functools.partial(refuse_added_keys, config_name=config_name)
+    default: no key added that conf/<config_name>.yaml lacks, and paths given as text) is what a run checks
+    first; a command line that prints the config (`--cfg`) goes through it too."""
+    check = check or functools.partial(refuse_added_keys_and_non_paths, config_name=config_name)
 
     def decorate(task: Callable[[DictConfig], object]) -> Callable[[], None]:
-        job = report_user_errors(keep_sweeping(continue_attempts(resolved(task))) if trains else resolved(task))
+        # train checks its config itself (schema.validate), inside what keeps a sweep going
+        job = report_user_errors(keep_sweeping(continue_attempts(resolved(task))) if trains
+                                 else resolved(task, check))
         finished = []
 
         @functools.wraps(task)
@@ -70,12 +72,14 @@ def command(config_name: str, trains: bool = False, check: Callable[[DictConfig]
     return decorate
 
 
-def resolved(task: Callable[[DictConfig], object]) -> Callable[[DictConfig], object]:
-    """`task`, run once every value of its config resolves (check_resolves)."""
+def resolved(task: Callable[[DictConfig], object], check: Callable[[DictConfig], object] = lambda cfg: None
+             ) -> Callable[[DictConfig], object]:
+    """`task`, run once every value of its config resolves (check_resolves) and `check` passes."""
 
     @functools.wraps(task)
     def wrapper(cfg: DictConfig):
         check_resolves(cfg)
+        check(cfg)
         return task(cfg)
 
     return wrapper

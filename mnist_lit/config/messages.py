@@ -197,6 +197,26 @@ def check_resolves(cfg: DictConfig) -> None:
                         "--cfg job shows them).") from None
 
 
+# the keys of evaluate, predict and export that name a file or folder (their configs have no schema: Hydra
+# reads `run_dir=2026` as a number and `ckpt_path=true` as a boolean)
+PATH_KEYS = ("run_dir", "ckpt_path", "output_dir", "preview", "data.root")
+COMMAND_PATH_KEYS = {"export": ("output",)}
+
+
+def refuse_added_keys_and_non_paths(cfg: DictConfig, config_name: str) -> None:
+    """What evaluate, predict and export check first: no key added (refuse_added_keys), and every path a
+    string."""
+    from omegaconf import OmegaConf
+
+    refuse_added_keys(cfg, config_name)
+    for key in PATH_KEYS + COMMAND_PATH_KEYS.get(config_name, ()):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not isinstance(value, str):
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise UserError(f"{key}={shown}: a path is text, and this reads as a {type(shown).__name__}. "
+                            f"Quote it: {key}='{shown}' (in the shell: \"{key}='{shown}'\").")
+
+
 def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
     """A UserError for a key of `cfg` that conf/<config_name>.yaml does not have: evaluate, predict and export
     read only their own keys, so one added with `+` (a misspelt one) would be ignored without a word."""
