@@ -100,7 +100,8 @@ def test_workers_take_trials_without_waiting_for_each_other(synthetic_root, tmp_
     assert sorted(p.name for p in (tmp_path / "workers").iterdir()) == ["0", "1"]
     summary = run_cli("mnist_lit.summarize", str(tmp_path), "--csv")
     rows = summary.stdout.split("\n\n")[0].splitlines()[1:]
-    assert summary.returncode == 0 and [row.split(",")[0] for row in rows] == ["0", "1", "2", "3"], summary.stdout
+    assert summary.returncode == 0, summary.stderr
+    assert [row.split(",")[0] for row in rows] == ["0", "1", "2", "3"], summary.stdout
 
 
 def test_one_function_decides_the_default_storage(tmp_path):
@@ -205,3 +206,19 @@ def test_ctrl_c_enqueues_the_running_trials_and_resume_runs_them_first(synthetic
     trials = study_of(sweep_dir).trials
     assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
     assert "no heartbeat" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_two_workers_on_a_database_storage(synthetic_root, tmp_path):
+    # any Optuna database URL goes to RDBStorage (postgresql:// too): here SQLite, outside the sweep folder
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    proc = search(synthetic_root, tmp_path / "search", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2",
+                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.max_epochs=1",
+                  f"hydra.sweeper.storage={url}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Watch it with: optuna-dashboard {url}" in proc.stdout + proc.stderr
+    trials = optuna.load_study(study_name="mnist_lit", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert not (tmp_path / "search" / "optuna.journal").exists()
+    results = yaml.safe_load((tmp_path / "search" / "optimization_results.yaml").read_text())
+    assert results["storage"] == url and results["trials"] == {"complete": 3}
