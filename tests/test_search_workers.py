@@ -222,3 +222,13 @@ def test_two_workers_on_a_database_storage(synthetic_root, tmp_path):
     assert not (tmp_path / "search" / "optuna.journal").exists()
     results = yaml.safe_load((tmp_path / "search" / "optimization_results.yaml").read_text())
     assert results["storage"] == url and results["trials"] == {"complete": 3}
+
+
+@pytest.mark.slow
+def test_max_failure_rate_stops_every_worker(synthetic_root, tmp_path):
+    proc = search(synthetic_root, tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.max_failure_rate=0",
+                  "trainer.max_epochs=1", "model.net.dropout=interval(1.5, 2.0)")  # every trial fails
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: 1 of the 1 trials of worker " in proc.stderr
+    assert "(more than hydra.sweeper.max_failure_rate=0.0); see python -m mnist_lit.summarize" in proc.stderr
+    assert [t.state.name for t in study_of(tmp_path).trials] == ["FAIL"]
