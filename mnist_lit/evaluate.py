@@ -16,7 +16,7 @@ from mnist_lit.config.messages import (
     refuse_added_keys,
     whole_number,
 )
-from mnist_lit.runs.files import check_writable
+from mnist_lit.files import check_writable, write_atomically
 from mnist_lit.scoring import Evaluation, evaluate_net
 
 
@@ -105,7 +105,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "files": {name: str(path) for name, path in files.items()},
     }
     files["eval"] = out_dir / "eval.json"
-    files["eval"].write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(files["eval"], lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
 
     where = ", ".join(map(str, source.values())) or "its source"
     print(

@@ -129,7 +129,7 @@ def export(cfg: DictConfig) -> dict:
     """Export the run's network, check the file against PyTorch on test digits; print and return the check."""
     from mnist_lit.data import unit_pixels
     from mnist_lit.inference.loading import load, test_set
-    from mnist_lit.runs.files import check_writable
+    from mnist_lit.files import check_writable
 
     refuse_added_keys(cfg, "export")
     fmt = str(cfg.format).lower()

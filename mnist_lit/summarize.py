@@ -162,6 +162,8 @@ def plot(jobs: list[dict], swept: list[str], objectives: list[str], path: Path) 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
+    from mnist_lit.reporting.plots import save
+
     params = [k for k in swept if k not in SEED_KEYS] or ["job"]
     fig, axes = plt.subplots(len(objectives), len(params), figsize=(4 * len(params), 3.5 * len(objectives)),
                              squeeze=False, sharey="row")
@@ -184,7 +186,7 @@ def plot(jobs: list[dict], swept: list[str], objectives: list[str], path: Path) 
         row[0].set_ylabel(f"{metric} ({len(done)} of {len(jobs)} jobs)")
     fig.suptitle(", ".join(objectives) + " against the swept parameters")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save(fig, path, dpi=100)
     plt.close(fig)
 
 

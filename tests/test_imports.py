@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mnist_lit"
 
 # bottom to top; a module may import its own layer and the layers before it, never one after it
 LAYERS = [
-    {"mnist_lit", "mnist_lit.errors", "mnist_lit.lightning_compat"},
+    {"mnist_lit", "mnist_lit.errors", "mnist_lit.files", "mnist_lit.lightning_compat"},
     {"mnist_lit.data", "mnist_lit.digits", "mnist_lit.model", "mnist_lit.module", "mnist_lit.augment",
      "mnist_lit.scoring", "mnist_lit.distill"},
     {"mnist_lit.config"},

@@ -14,13 +14,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from mnist_lit.files import write_atomically
+
 DPI = 120
 
 
-def save(fig: Figure, path: str | Path) -> Path:
+def save(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """The figure as an image file of its suffix's format, written whole or not at all (a Ctrl-C or a full
+    disk while it is written leaves the earlier file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    write_atomically(path, lambda f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format=path.suffix[1:]))
     return path
 
 

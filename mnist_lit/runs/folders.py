@@ -35,7 +35,7 @@ from mnist_lit.config.overrides import override_key
 from mnist_lit.errors import RunStopped, UserError
 from mnist_lit.runs.allowlist import SAFE_HYDRA_KEYS, check_override, refusal
 from mnist_lit.runs.checkpoint import first_sentence, read_metrics, read_recorded_overrides, read_sweep_record
-from mnist_lit.runs.files import unwritable
+from mnist_lit.files import unwritable
 from mnist_lit.runs.objectives import objective_values
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import torch
 from mnist_lit import __version__
 from mnist_lit.errors import UserError
 from mnist_lit.runs.checkpoint import read_metrics
-from mnist_lit.runs.files import write_atomically
+from mnist_lit.files import write_atomically
 from mnist_lit.runs.objectives import model_metrics, parameter_count
 from mnist_lit.runs.reliability import Interrupted, end_early, last_checkpoint_path
 from mnist_lit.speed.threads import ThreadsFollowLoad

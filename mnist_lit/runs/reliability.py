@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnist_lit.errors import RunStopped, UserError, user_error_of
 from mnist_lit.reporting.callbacks import HostCopy
-from mnist_lit.runs.files import write_atomically
+from mnist_lit.files import write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Writing into run folders: one atomic writer and one writability check, used by every file a run keeps."""
+"""Writing files: one atomic writer and one writability check, used by every file a command writes."""
 
 from __future__ import annotations
 
