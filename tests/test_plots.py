@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -97,3 +98,23 @@ def test_confusion_matrix_as_an_image_shades_cells_by_count():
     diagonal, rare, empty = corner(2, 2), corner(4, 9), corner(0, 1)
     assert diagonal.sum() < rare.sum() < empty.sum()  # darker blue for larger counts, on a log scale
     assert (empty >= 240).all()  # a zero count is (almost) white
+
+
+def test_a_figure_stopped_while_written_leaves_the_earlier_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from mnist_lit.reporting.plots import save
+
+    path = save(Figure(figsize=(1, 1)), tmp_path / "figure.png")
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+
+    def stopped(self, f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the write
+
+    monkeypatch.setattr(Figure, "savefig", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        save(Figure(figsize=(2, 2)), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no temporary file left
