@@ -211,7 +211,7 @@ def check_outcome(code: int, output: str, argv: list[str], usage_exit: bool = Fa
     if code == 1:
         lines = output.rstrip().splitlines()
         # predict's inputs each have their line (`digit.png: error: ...`), then one that counts the failures
-        starts = [i for i, line in enumerate(lines) if re.search(r"(^|: )(error|stopped): \S", line)]
+        starts = [i for i, line in enumerate(lines) if re.search(r"(^|:\s+)(error|stopped): \S", line)]
         assert starts, shown
         paragraph = lines[starts[-1]:]
         assert all(line.strip() for line in paragraph) and len("\n".join(paragraph)) < 2000, shown
@@ -314,6 +314,8 @@ def test_evaluate(in_example, argv):
 @given(argv=predict_line)
 @example(argv=["index=200"])
 @example(argv=["images=text.txt"])
+@example(argv=["index=200", "images=run"])
+@example(argv=["~output"])
 def test_predict(in_example, argv):
     code, output = in_example("predict", ["run_dir=run", "index=0", "data.root=data", *argv])
     check_outcome(code, output, argv)
@@ -324,6 +326,7 @@ def test_predict(in_example, argv):
 @example(argv=["format=banana"])
 @example(argv=["format=onnx"])
 @example(argv=["+ckpt_path=true"])
+@example(argv=["~format"])
 def test_export(in_example, argv):
     code, output = in_example("export", ["run_dir=run", "data.root=data", "format=torchscript",
                                             "check_digits=20", *argv])

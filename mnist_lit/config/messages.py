@@ -209,12 +209,34 @@ def refuse_added_keys_and_non_paths(cfg: DictConfig, config_name: str) -> None:
     from omegaconf import OmegaConf
 
     refuse_added_keys(cfg, config_name)
+    refuse_removed_keys(cfg, config_name)
     for key in PATH_KEYS + COMMAND_PATH_KEYS.get(config_name, ()):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not isinstance(value, str):
             shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             raise UserError(f"{key}={shown}: a path is text, and this reads as a {type(shown).__name__}. "
                             f"Quote it: {key}='{shown}' (in the shell: \"{key}='{shown}'\").")
+
+
+def refuse_removed_keys(cfg: DictConfig, config_name: str) -> None:
+    """A UserError for a key of conf/<config_name>.yaml that `cfg` lacks (`~output`): the command reads it."""
+    from omegaconf import OmegaConf
+
+    def walk(node: DictConfig, own: DictConfig, prefix: str) -> None:
+        for key in own:
+            name = f"{prefix}{key}"
+            if key not in node:
+                default = own[key]
+                shown = "null" if default is None else str(default)
+                raise UserError(f"~{name}: python -m mnist_lit.{config_name} reads {name}; leave ~{name} out "
+                                f"(its default: {name}={shown}) or give it a value with {name}=...")
+            if isinstance(own[key], DictConfig) and isinstance(node[key], DictConfig):
+                walk(node[key], own[key], f"{name}.")
+
+    own = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
+    for composing in ("defaults", "hydra"):  # Hydra's, not the command's
+        own.pop(composing, None)
+    walk(cfg, own, "")
 
 
 def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
