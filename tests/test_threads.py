@@ -138,3 +138,17 @@ def test_a_run_records_its_thread_policy(synthetic_root, tmp_path):
     # under pytest-xdist, each worker's runs get their share of the cores (tests/conftest.py)
     threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     assert device.endswith("up to 2 threads, following the load)" if threads == 2 else f" {threads} threads)")
+
+
+def test_the_grouped_steps_still_train_beside_it(synthetic_root):
+    """It follows the load once per group: the speed layer need not fall back to Lightning's path for it."""
+    from mnist_lit.speed.grouped import GroupedSteps
+
+    pl.seed_everything(0, verbose=False)
+    dm = MNISTDataModule(str(synthetic_root), download=False, val_size=100, batch_size=32)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[GroupedSteps(True, 4), ThreadsFollowLoad(None)])
+    trainer.fit(MNISTClassifier(MLP(), partial(torch.optim.Adam, lr=1e-3)), dm)
+    # Lightning saw a batch per group of 4 steps
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed < trainer.global_step

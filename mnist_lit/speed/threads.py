@@ -63,6 +63,8 @@ class ThreadsFollowLoad(Callback):
     """`threads=N`: N threads, fixed. `threads=null`: up to torch's default (one per core), one thread fewer
     per core that other processes keep busy, re-read every `every_s` seconds of training or evaluation."""
 
+    steps_in_groups = True  # once per group of grouped steps is as good: it reads a clock, at most twice a second
+
     def __init__(self, threads: int | None, every_s: float = 0.5) -> None:
         self.threads, self.every_s = threads, every_s
         self.most = 1
