@@ -66,12 +66,13 @@ def test_the_check_sees_products_that_change_with_the_thread_count():
 @pytest.mark.usefixtures("restore_threads")
 def test_threads_step_down_while_other_processes_use_cores_and_back_up(monkeypatch):
     monkeypatch.setattr(threads_module.psutil, "cpu_count", lambda: 2)
-    callback = following([0.1, 0.9, 1.4, 2.0, 0.4])
+    callback = following([0.1, 0.45, 0.6, 1.4, 2.0, 0.4, 0.1, 0.3])
     seen = []
-    for _ in range(5):
+    for _ in range(8):
         callback.follow()
         seen.append(torch.get_num_threads())
-    assert seen == [2, 1, 1, 1, 2]
+    # down from half a core of use, back up only below a fifth of one; in between it stays
+    assert seen == [2, 2, 1, 1, 1, 1, 2, 2]
     assert callback.changes == 2
 
 

@@ -13,6 +13,7 @@ That is checked once, with this machine's BLAS; where it does not hold, the coun
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import psutil
@@ -65,10 +66,13 @@ class ThreadsFollowLoad(Callback):
 
     steps_in_groups = True  # once per group of grouped steps is as good: it reads a clock, at most twice a second
 
-    def __init__(self, threads: int | None, every_s: float = 0.5) -> None:
+    def __init__(self, threads: int | None, every_s: float = 0.25) -> None:
         self.threads, self.every_s = threads, every_s
         self.most = 1
         self.load: CpuLoad | None = None
+        # read from here (the run builds its data, model and Trainer): fit starts with the right count, not
+        # with a first group of steps spent spinning beside another process's threads
+        self.started = CpuLoad() if threads is None else None
         self.changes = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -86,14 +90,19 @@ class ThreadsFollowLoad(Callback):
                      "count, so the count cannot follow the load without changing results (on a busy "
                      "machine, set threads=1)", self.most)
             return
-        self.load = CpuLoad()
+        self.load = self.started or CpuLoad()
+        self.follow(at_once=True)
 
-    def follow(self) -> None:
-        if self.load is None or time.monotonic() - self.load.last[0] < self.every_s:
+    def follow(self, at_once: bool = False) -> None:
+        if self.load is None or time.monotonic() - self.load.last[0] < (0.05 if at_once else self.every_s):
             return
-        others = self.load.others()
-        wanted = max(1, min(self.most, psutil.cpu_count() - round(others)))
-        if wanted != torch.get_num_threads():
+        others, now = self.load.others(), torch.get_num_threads()
+        # down as soon as other processes hold half a core, up only once they leave most of it: a reading
+        # near the middle does not flip the count back and forth
+        down = max(1, min(self.most, psutil.cpu_count() - math.floor(others + 0.5)))
+        up = max(1, min(self.most, psutil.cpu_count() - math.floor(others + 0.8)))
+        wanted = down if down < now else max(up, now)
+        if wanted != now:
             log.debug("CPU threads: %d (other processes use %.1f cores)", wanted, others)
             torch.set_num_threads(wanted)
             self.changes += 1
