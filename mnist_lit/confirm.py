@@ -60,8 +60,9 @@ def confirm(sweep_dir: Path, top_k: int, seeds: int, out: Path | None, extra: li
     search = list(search_config(sweep_dir).task_overrides)
     out = out or sweep_dir.with_name(sweep_dir.name + "-confirm")
     for trial in trials:
-        print(f"trial {trial.number} ({study.direction.name.lower()} {trial.value:.4f}): {trial.params}",
-              file=sys.stderr, flush=True)
+        values = ", ".join(f"{d.name.lower()} {v:.4f}"
+                           for d, v in zip(study.directions, trial.values, strict=True))
+        print(f"trial {trial.number} ({values}): {trial.params}", file=sys.stderr, flush=True)
         overrides = trial_overrides(search, trial.params)
         for override in overrides:  # the sweep folder's files may come from anyone
             check_override(override, str(sweep_dir / "multirun.yaml"))

@@ -397,10 +397,16 @@ class Search:
         return header, rows
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose refusal of a command line is one paragraph with exit code 1, like every command's."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}. Usage: {' '.join(self.format_usage().split()[1:])} (--help says more).")
+
+
 @report_user_errors
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mnist_lit.summarize",
-                                     description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m mnist_lit.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir",
                         help="a multirun folder, e.g. logs/train/multiruns/<time>; several: side by side")
     parser.add_argument("--csv", action="store_true", help="CSV instead of Markdown tables")

@@ -38,7 +38,9 @@ class OptunaSweeper(Sweeper):
                  storage: str | None, n_trials: int, n_jobs: int, heartbeat_interval: float,
                  max_failure_rate: float, params: DictConfig | None) -> None:
         self.sampler, self.pruner = sampler, pruner
-        self.directions = [direction] if isinstance(direction, str) else [str(d) for d in direction]
+        from mnist_lit.search.study import directions
+
+        self.directions = directions(direction)
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs, self.heartbeat_interval = n_trials, n_jobs, heartbeat_interval
         self.max_failure_rate = max_failure_rate
@@ -60,7 +62,12 @@ class OptunaSweeper(Sweeper):
         return [str(m) for m in metric] if isinstance(metric, ListConfig) else [str(metric)]
 
     def check(self) -> None:
+        from mnist_lit.config.schema import optimized_metric_problem
+
         metrics = self.metrics()
+        problem = optimized_metric_problem(metrics)  # before any trial: each would fail on it
+        if problem:
+            raise SearchError(problem + ".")
         for metric in metrics:
             if metric in ("", "None") or metric.startswith("test/"):
                 raise SearchError(f"optimized_metric={metric}: the search must optimize a validation metric "
@@ -70,7 +77,7 @@ class OptunaSweeper(Sweeper):
             raise SearchError(f"hydra.sweeper.direction={self.directions} and optimized_metric={metrics}: "
                               "give one direction (maximize or minimize) per metric, in the same order, e.g. "
                               "hydra.sweeper.direction=[maximize,minimize] optimized_metric=[val/acc_best,"
-                              "trainable_params].")
+                              "model/params].")
         if self.n_trials < 1 or self.n_jobs < 1 or not 0 <= self.max_failure_rate <= 1 \
                 or not self.heartbeat_interval > 0:
             raise SearchError(f"hydra.sweeper: n_trials={self.n_trials} and n_jobs={self.n_jobs} must be "
@@ -80,18 +87,18 @@ class OptunaSweeper(Sweeper):
     def open_study(self, url: str):
         import optuna
 
-        from mnist_lit.search.study import storage
+        from mnist_lit.search.study import shown, storage
 
         try:
             study = optuna.create_study(study_name=self.study_name, storage=storage(url),
                                         directions=self.directions, load_if_exists=True)
         except (ValueError, ImportError, OSError, optuna.exceptions.OptunaError) as err:
-            raise SearchError(f"hydra.sweeper.storage={url}: cannot open the study: {err}. Give a writable "
-                              "folder (hydra.sweep.dir) or a reachable Optuna storage (a database URL or a "
-                              "journal file's path).") from None
+            raise SearchError(f"hydra.sweeper.storage={shown(url)}: cannot open the study: {err}. Give a "
+                              "writable folder (hydra.sweep.dir) or a reachable Optuna storage (a database URL "
+                              "or a journal file's path).") from None
         had = [d.name.lower() for d in study.directions]
         if had != self.directions:
-            raise SearchError(f"the study {self.study_name} in {url} has direction {had}, not "
+            raise SearchError(f"the study {self.study_name} in {shown(url)} has direction {had}, not "
                               f"{self.directions}: continue it as it was, or start a new search (another "
                               "hydra.sweep.dir or hydra.sweeper.study_name).")
         with warnings.catch_warnings():  # experimental in Optuna since 3.2, unchanged since
@@ -103,6 +110,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from mnist_lit.errors import RunStopped
         from mnist_lit.search.space import SearchSpaceError, parse
+        from mnist_lit.search.study import shown
         from mnist_lit.search.worker import STOPPED, Search, Worker, counted
 
         self.check()
@@ -126,8 +134,9 @@ class OptunaSweeper(Sweeper):
             task_function=Worker(search, self.hydra_context, self.config, self.task_function))
         workers = 1 if type(launcher).__name__ == "BasicLauncher" else self.n_jobs
         log.info("Study %s in %s: %d of %d trials done; sampler %s, pruner %s; %d worker(s). Watch it with: "
-                 "optuna-dashboard %s", self.study_name, url, len(counted(study.get_trials(deepcopy=False))),
-                 self.n_trials, type(self.sampler).__name__, type(self.pruner).__name__, workers, url)
+                 "optuna-dashboard %s", self.study_name, shown(url),
+                 len(counted(study.get_trials(deepcopy=False))), self.n_trials, type(self.sampler).__name__,
+                 type(self.pruner).__name__, workers, shown(url))
         if workers < self.n_jobs:
             log.info("hydra.sweeper.n_jobs=%d: the basic launcher runs one worker, its trials one after "
                      "another (hydra/launcher=joblib runs %d at once)", self.n_jobs, self.n_jobs)

@@ -42,11 +42,27 @@ def storage(url: str):
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # a server: a connection it dropped while a worker trained is replaced, not reported as an error; a small
+    # pool per process, so that many workers stay within the server's max_connections
+    engine_kwargs = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                     else {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except sqlalchemy.exc.OperationalError as err:  # a server unreachable or refusing the URL's login
         raise ValueError(" ".join(str(err.orig).split())) from None
+
+
+def shown(url: str) -> str:
+    """A storage URL as logs and messages show it: a database password as ***."""
+    if "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def directions(direction) -> list[str]:
