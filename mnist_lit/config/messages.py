@@ -220,7 +220,6 @@ def refuse_added_keys_and_non_paths(cfg: DictConfig, config_name: str) -> None:
 
 def refuse_removed_keys(cfg: DictConfig, config_name: str) -> None:
     """A UserError for a key of conf/<config_name>.yaml that `cfg` lacks (`~output`): the command reads it."""
-    from omegaconf import OmegaConf
 
     def walk(node: DictConfig, own: DictConfig, prefix: str) -> None:
         for key in own:
@@ -233,16 +232,22 @@ def refuse_removed_keys(cfg: DictConfig, config_name: str) -> None:
             if isinstance(own[key], DictConfig) and isinstance(node[key], DictConfig):
                 walk(node[key], own[key], f"{name}.")
 
+    walk(cfg, own_keys(config_name), "")
+
+
+def own_keys(config_name: str) -> DictConfig:
+    """The keys conf/<config_name>.yaml gives its command (Hydra's defaults list and settings left out)."""
+    from omegaconf import OmegaConf
+
     own = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
-    for composing in ("defaults", "hydra"):  # Hydra's, not the command's
+    for composing in ("defaults", "hydra"):
         own.pop(composing, None)
-    walk(cfg, own, "")
+    return own
 
 
 def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
     """A UserError for a key of `cfg` that conf/<config_name>.yaml does not have: evaluate, predict and export
     read only their own keys, so one added with `+` (a misspelt one) would be ignored without a word."""
-    from omegaconf import OmegaConf
 
     def walk(node: DictConfig, known: DictConfig, prefix: str) -> None:
         for key in node:
@@ -252,10 +257,7 @@ def refuse_added_keys(cfg: DictConfig, config_name: str) -> None:
             if isinstance(node[key], DictConfig) and isinstance(known[key], DictConfig):
                 walk(node[key], known[key], f"{name}.")
 
-    own = OmegaConf.load(CONF_DIR / f"{config_name}.yaml")
-    for composing in ("defaults", "hydra"):  # Hydra's, not the command's
-        own.pop(composing, None)
-    walk(cfg, own, "")
+    walk(cfg, own_keys(config_name), "")
 
 
 def unknown_key(override: str, full_key: str, parent, command: str = "python -m mnist_lit.train") -> str:
