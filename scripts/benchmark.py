@@ -25,11 +25,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timed import timed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,13 +38,8 @@ THREAD_ENV = {"MKL_CBWR": "AUTO,STRICT"}  # main() adds OMP_NUM_THREADS for --th
 
 
 def run(cmd: list[str]) -> tuple[float, str]:
-    """Run a whole command; return (wall seconds, stdout)."""
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **THREAD_ENV})
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"benchmark: command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    return wall, proc.stdout
+    """Run a whole command under the thread policy; return (wall seconds, stdout)."""
+    return timed(cmd, "benchmark: a command", env={**os.environ, **THREAD_ENV})
 
 
 def mnist_lit(args, run_dir: str) -> dict:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from timed import timed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,12 +77,7 @@ def main() -> None:
                f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.n_jobs={args.jobs}",
                "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.jobs}", f"hydra.sweep.dir={sweep_dir}",
                *args.overrides]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            sys.exit(f"search_benchmark: the search failed ({proc.returncode}): {' '.join(cmd)}\n"
-                     f"{proc.stderr[-3000:]}")
+        wall, _ = timed(cmd, "search_benchmark: the search")
         study = load_study(sweep_dir)
         trials = study.get_trials(deepcopy=False)
         worker_of = {t.number: t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}

@@ -18,11 +18,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timed import timed
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHERS = {"sequential": [], "joblib": ["hydra/launcher=joblib"]}
@@ -35,9 +35,7 @@ def import_seconds(reps: int = 3) -> list[float]:
     """Wall time of a fresh `python -c "import ..."` of what a job imports, `reps` times."""
     times = []
     for _ in range(reps):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", f"import {JOB_IMPORTS}"], cwd=ROOT, check=True)
-        times.append(time.perf_counter() - start)
+        times.append(timed([sys.executable, "-c", f"import {JOB_IMPORTS}"], "sweep_benchmark: importing")[0])
     return times
 
 
@@ -63,12 +61,7 @@ def sweep(args, launcher: str, sweep_dir: Path) -> dict:
         f"data.root={args.root}", "trainer.max_epochs=1", "trainer=cpu", f"hydra.sweep.dir={sweep_dir}",
         *LAUNCHERS[launcher], *args.overrides,
     ]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"sweep_benchmark: {launcher} sweep failed ({proc.returncode}): {' '.join(cmd)}\n"
-                 f"{proc.stderr[-3000:]}")
+    wall, _ = timed(cmd, f"sweep_benchmark: the {launcher} sweep")
     jobs = [json.loads((sweep_dir / str(i) / "metrics.json").read_text()) for i in range(args.jobs)]
     return {"wall_s": wall, "fit_s": [j["fit_seconds"] for j in jobs],
             "test_acc": [j["test_acc"] for j in jobs], "device": jobs[0]["device"]}
