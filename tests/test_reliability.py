@@ -199,6 +199,34 @@ def test_a_full_disk_keeps_the_earlier_checkpoint_and_the_run_resumes(synthetic_
         subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
+def test_a_full_disk_while_metrics_json_is_written_keeps_the_earlier_file(tmp_path):
+    """metrics.json on a real full disk (a 1 MB tmpfs): one paragraph, the file written before intact."""
+    from mnist_lit.runs.record import write_json_atomically
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs (the full disk) needs root and mount(8)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"this machine does not allow mounting a tmpfs: {mounted.stderr.strip()}")
+    try:
+        path = disk / "metrics.json"
+        write_json_atomically(path, {"status": "running"})
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * free)
+        with pytest.raises(UserError) as caught:
+            write_json_atomically(path, {"status": "completed", "metrics": {f"m{i}": i for i in range(10000)}})
+        message = str(caught.value)
+        assert "No space left on device" in message and "free some disk space" in message
+        assert "\n" not in message
+        assert json.loads(path.read_text()) == {"status": "running"}
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "metrics.json"]  # no temporary file
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
 def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch):
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"weights": torch.ones(3)}, path)

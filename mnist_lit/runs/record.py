@@ -63,8 +63,9 @@ def write_json_atomically(path: Path, data: dict) -> None:
     try:
         write_atomically(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
     except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}. Choose a writable folder with "
-                        "hydra.run.dir=<folder>.") from err
+        raise UserError(f"cannot write {path}: {err.strerror or err}. The file written before is intact: free "
+                        "some disk space (or make the folder writable) and run the command again, or choose "
+                        "another folder with hydra.run.dir=<folder>.") from err
 
 
 def final_metrics(trainer: pl.Trainer, module: pl.LightningModule, prefixes=("train/", "val/")) -> dict:
