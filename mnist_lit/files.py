@@ -16,6 +16,11 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object], sync: boo
     complete file, and an interrupted or failed write (a full disk, a second Ctrl-C) leaves no temporary
     file behind. `sync` flushes the data to disk before the rename (checkpoints: a crash keeps them)."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        # a device or a pipe (output=/dev/null, /dev/stdout): written in place; a rename would replace it
+        with open(path, "wb") as f:
+            write(f)
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

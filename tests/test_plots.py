@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,25 @@ def test_a_figure_stopped_while_written_leaves_the_earlier_file(tmp_path, monkey
         save(Figure(figsize=(2, 2)), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no temporary file left
+
+
+def test_a_figure_written_to_dev_null_leaves_the_device():
+    """output=/dev/null discards the figure: the atomic writer's rename would put a file in the device's
+    place (as root it can)."""
+    import os
+    import stat
+    import subprocess
+
+    from matplotlib.figure import Figure
+
+    from mnist_lit.files import write_atomically
+    from mnist_lit.reporting.plots import save
+
+    try:
+        save(Figure(figsize=(1, 1)), "/dev/null")
+        write_atomically(Path("/dev/null"), lambda f: f.write(b"{}"))
+        assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    finally:
+        if not stat.S_ISCHR(os.stat("/dev/null").st_mode):  # put the device back for everything else
+            os.remove("/dev/null")
+            subprocess.run(["mknod", "-m", "666", "/dev/null", "c", "1", "3"], check=True)

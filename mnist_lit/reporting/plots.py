@@ -23,7 +23,8 @@ def save(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """The figure as an image file of its suffix's format, written whole or not at all (a Ctrl-C or a full
     disk while it is written leaves the earlier file)."""
     path = Path(path)
-    write_atomically(path, lambda f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format=path.suffix[1:]))
+    fmt = path.suffix[1:] or None  # /dev/null: matplotlib's default format
+    write_atomically(path, lambda f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format=fmt))
     return path
 
 
