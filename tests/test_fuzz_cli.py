@@ -174,6 +174,38 @@ TINY = ["data.val_size=100", "data.download=false", "trainer=cpu", "trainer.max_
         "logger=csv", "steps_per_execution=2", "model.net.hidden_sizes=[16]", "threads=1"]
 
 
+@contextlib.contextmanager
+def process_state_kept():
+    """What a command changes in its process, put back: Hydra's current config, the logging Hydra sets up
+    (handlers on the run's train.log, gone with the example's folder) and torch's thread count. Later tests
+    in this worker run Lightning in-process and would inherit them."""
+    import logging
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    saved = {id(lg): (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+        for lg in [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(lg, logging.Logger))]:
+            handlers, level, propagate, disabled = saved.get(id(lg), ([], logging.NOTSET, True, False))
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate, lg.disabled = propagate, disabled
+        torch.set_num_threads(threads)
+
+
 def run_command(name: str, argv: list[str], data_root: Path) -> tuple[int, str]:
     """`python -m mnist_lit.<name> argv...` in this process: (exit code, stdout + stderr)."""
     module = importlib.import_module(f"mnist_lit.{name}")
@@ -185,7 +217,7 @@ def run_command(name: str, argv: list[str], data_root: Path) -> tuple[int, str]:
     code = 0
     try:
         # a completed run exits at once, skipping the interpreter's teardown: here it returns instead
-        with mock.patch("mnist_lit.cli.entry.exit_without_teardown", lambda: None), \
+        with process_state_kept(), mock.patch("mnist_lit.cli.entry.exit_without_teardown", lambda: None), \
                 contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             module.main(*([argv] if name in ("summarize", "confirm") else []))
     except SystemExit as exc:

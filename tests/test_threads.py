@@ -66,6 +66,7 @@ def test_the_check_sees_products_that_change_with_the_thread_count():
 @pytest.mark.usefixtures("restore_threads")
 def test_threads_step_down_while_other_processes_use_cores_and_back_up(monkeypatch):
     monkeypatch.setattr(threads_module.psutil, "cpu_count", lambda: 2)
+    torch.set_num_threads(2)  # as alone on 2 cores (a pytest-xdist worker starts with its share)
     callback = following([0.1, 0.45, 0.6, 1.4, 2.0, 0.4, 0.1, 0.3])
     seen = []
     for _ in range(8):
