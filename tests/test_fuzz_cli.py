@@ -176,33 +176,24 @@ TINY = ["data.val_size=100", "data.download=false", "trainer=cpu", "trainer.max_
 
 @contextlib.contextmanager
 def process_state_kept():
-    """What a command changes in its process, put back: Hydra's current config, the logging Hydra sets up
-    (handlers on the run's train.log, gone with the example's folder) and torch's thread count. Later tests
-    in this worker run Lightning in-process and would inherit them."""
+    """What a command changes in its process, put back: Hydra's current config, the root logger's handlers
+    (Hydra adds one on the run's train.log, gone with the example's folder) and torch's thread count. Later
+    tests in this worker run Lightning in-process and would inherit them."""
     import logging
 
     import torch
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(lg, logging.Logger))]
-    saved = {id(lg): (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers}
-    threads = torch.get_num_threads()
+    root = logging.getLogger()
+    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
     try:
         yield
     finally:
         HydraConfig.instance().cfg = None
         GlobalHydra.instance().clear()
-        for lg in [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
-                                          if isinstance(lg, logging.Logger))]:
-            handlers, level, propagate, disabled = saved.get(id(lg), ([], logging.NOTSET, True, False))
-            for handler in lg.handlers:
-                if handler not in handlers:
-                    handler.close()
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
-            lg.propagate, lg.disabled = propagate, disabled
+        root.handlers[:] = handlers
+        root.setLevel(level)
         torch.set_num_threads(threads)
 
 
