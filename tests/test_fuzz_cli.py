@@ -186,14 +186,15 @@ def process_state_kept():
     from hydra.core.hydra_config import HydraConfig
 
     root = logging.getLogger()
-    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
+    threads = torch.get_num_threads()
     try:
         yield
     finally:
         HydraConfig.instance().cfg = None
         GlobalHydra.instance().clear()
-        root.handlers[:] = handlers
-        root.setLevel(level)
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)  # the run's train.log, in a folder about to be deleted
+            handler.close()
         torch.set_num_threads(threads)
 
 
