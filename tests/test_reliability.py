@@ -1,5 +1,6 @@
 """Runs that end early keep their work: divergence, SIGTERM, and checkpoint writes that fail half-way."""
 
+import contextlib
 import errno
 import json
 import os
@@ -150,19 +151,34 @@ def test_ctrl_c_from_the_first_line_stops_without_a_traceback(command, synthetic
     assert signalled  # every command takes longer than the interpreter's start
 
 
-@pytest.mark.slow
-def test_a_full_disk_keeps_the_earlier_checkpoint_and_the_run_resumes(synthetic_root, tmp_path):
-    """The disk fills up during a run: the checkpoint of the epoch before is kept whole, the error is one
-    paragraph, and once there is space again `resume=` finishes the run."""
+@contextlib.contextmanager
+def small_disk(tmp_path, size: str):
+    """A tmpfs of `size` on tmp_path/disk (the full disk), unmounted after; skips where none can be."""
     disk = tmp_path / "disk"
     disk.mkdir()
     if os.geteuid() != 0 or not shutil.which("mount"):
         pytest.skip("mounting a small tmpfs (the full disk) needs root and mount(8)")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"this machine does not allow mounting a tmpfs: {mounted.stderr.strip()}")
     try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def fill(disk, leave: int = 0) -> None:
+    """Take all of `disk`'s free space but `leave` bytes."""
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * (free - leave))
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_earlier_checkpoint_and_the_run_resumes(synthetic_root, tmp_path):
+    """The disk fills up during a run: the checkpoint of the epoch before is kept whole, the error is one
+    paragraph, and once there is space again `resume=` finishes the run."""
+    with small_disk(tmp_path, "8m") as disk:
         run, marker = disk / "run", tmp_path / "paused"
         # val/loss improves every epoch: each epoch writes a new best checkpoint and last.ckpt (1.2 MB each)
         pause = ["+callbacks.pause._target_=test_resume.PauseAt", "+callbacks.pause.epoch=1",
@@ -175,8 +191,7 @@ def test_a_full_disk_keeps_the_earlier_checkpoint_and_the_run_resumes(synthetic_
             time.sleep(0.05)
         assert marker.exists(), proc.communicate()[1][-3000:]
         # in epoch 2: all but 128 KiB taken, room for metrics.json but not for the epoch's checkpoint
-        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        (disk / "filler").write_bytes(b"\0" * (free - 128 * 1024))
+        fill(disk, leave=128 * 1024)
         marker.unlink()
         _, err = proc.communicate(timeout=240)
         assert proc.returncode == 1 and err.strip().count("\n") == 0, err[-3000:]
@@ -195,36 +210,24 @@ def test_a_full_disk_keeps_the_earlier_checkpoint_and_the_run_resumes(synthetic_
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         metrics = json.loads((run / "metrics.json").read_text())
         assert (metrics["status"], metrics["steps"]) == ("completed", 48)
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_a_full_disk_while_metrics_json_is_written_keeps_the_earlier_file(tmp_path):
     """metrics.json on a real full disk (a 1 MB tmpfs): one paragraph, the file written before intact."""
     from mnist_lit.runs.record import write_json_atomically
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        pytest.skip("mounting a small tmpfs (the full disk) needs root and mount(8)")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"this machine does not allow mounting a tmpfs: {mounted.stderr.strip()}")
-    try:
+    with small_disk(tmp_path, "1m") as disk:
         path = disk / "metrics.json"
         write_json_atomically(path, {"status": "running"})
-        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        (disk / "filler").write_bytes(b"\0" * free)
+        fill(disk)
         with pytest.raises(UserError) as caught:
-            write_json_atomically(path, {"status": "completed", "metrics": {f"m{i}": i for i in range(10000)}})
+            write_json_atomically(path, {"status": "completed",
+                                         "metrics": {f"m{i}": i for i in range(10000)}})
         message = str(caught.value)
         assert "No space left on device" in message and "free some disk space" in message
         assert "\n" not in message
         assert json.loads(path.read_text()) == {"status": "running"}
         assert sorted(p.name for p in disk.iterdir()) == ["filler", "metrics.json"]  # no temporary file
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_a_failed_checkpoint_write_leaves_no_partial_file(tmp_path, monkeypatch):
