@@ -1,6 +1,6 @@
 """Many workers and processes on one Optuna study, with real processes on synthetic data: asynchronous
-workers, two sweeper processes on one study (one of them killed with kill -9), Ctrl-C, the storages, and a
-search of two objectives."""
+workers, two sweeper processes on one study (one of them killed with kill -9), a SLURM worker job requeued
+mid-trial, Ctrl-C, the storages, and a search of two objectives."""
 
 import os
 import signal
@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import PROJECT, run_cli
 from test_optuna import SHORT, search, study_of
+from test_runs import pause, popen_train, release, slurm, stop_slurm_job, wait_for  # noqa: F401 (slurm)
 from test_sweeps import metrics
 
 from mnist_lit.search.study import default_storage, storage
@@ -79,6 +80,65 @@ def test_two_processes_share_a_study_and_a_killed_ones_trial_runs_again(syntheti
         assert not (sweep_dir / str(t.number) / "previous_attempts").exists()
     results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert results["trials"] == {"complete": 5}
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_requeued_slurm_workers_trial_runs_again_and_its_job_rejoins(synthetic_root, tmp_path):
+    sweep_dir, pauses = tmp_path / "search", tmp_path / "pauses"
+    # two worker jobs on the SLURM cluster, each paused in the first epoch of its first trial (16 batches
+    # an epoch); the one running trial 0 is requeued there (scontrol requeue: SIGTERM, then SLURM starts it
+    # again: its worker function runs anew)
+    proc = popen_train("-m", f"data.root={synthetic_root}", *SHORT, "hydra.sweeper.n_trials=4",
+                       "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=none", "trainer.max_epochs=3",
+                       "data.batch_size=32", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=10",
+                       "hydra.launcher.cpus_per_task=1", *pause([0, 1], 0, 5, pauses),
+                       f"hydra.sweep.dir={sweep_dir}")
+    job = wait_for(pauses / "paused0", proc)
+    live = wait_for(pauses / "paused1", proc)
+    logs = {j: sweep_dir / ".submitit" / j / f"{j}_0_log" for j in (job, live)}
+    stop_slurm_job(["scontrol", "requeue", job], job, logs[job].with_suffix(".err"), pauses / "paused0")
+    release(job)
+
+    def retry_running():  # taken by the requeued job once it started again: the other worker is paused
+        return any(t.user_attrs.get("retry_of") == 0 and t.user_attrs.get("worker")
+                   for t in study_of(sweep_dir).get_trials(states=(optuna.trial.TrialState.RUNNING,)))
+
+    wait_until(retry_running, [proc], "the requeued job to take trial 0's parameters")
+    (pauses / "paused1").unlink()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+
+    said = {j: path.with_suffix(".out").read_text() + path.with_suffix(".err").read_text()
+            for j, path in logs.items()}
+    assert "SIGTERM received: stopping" in said[job] and "Traceback" not in said[job] + said[live]
+    # its second start ran to the end (the first one exited, leaving no result, when SLURM requeued it)
+    assert said[job].count("Starting with JobEnvironment") == 2 and "Job completed successfully" in said[job]
+    trials = study_of(sweep_dir).trials
+    interrupted = trials[0]
+    # the requeued worker failed its own trial and enqueued its parameters at once (no heartbeat went stale)
+    assert interrupted.state == optuna.trial.TrialState.FAIL and interrupted.user_attrs["interrupted"]
+    assert "trial 0 interrupted: marked failed" in said[job] and "no heartbeat" not in said[job] + said[live]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retries) == 1 and retries[0].params == interrupted.params
+    assert retries[0].state == optuna.trial.TrialState.COMPLETE
+    retry = retries[0]
+    # the job's second start rejoined the search as a worker and ran trial 0's parameters
+    assert retry.user_attrs["worker"] != interrupted.user_attrs["worker"]
+    assert f"trial {retry.number}: " in said[job] and f"trial {retry.number}: " not in said[live]
+    # no trial of the live worker failed (its trial 1 ran through the requeue); of two workers asking for
+    # the last trial at the same moment, the one too many is told failed, unused
+    by_live = [t for t in trials if t.user_attrs["worker"] == trials[1].user_attrs["worker"]]
+    assert {t.state for t in by_live} == {optuna.trial.TrialState.COMPLETE}
+    done = [t for t in trials if t.number != 0 and not t.user_attrs.get("unused")]
+    assert len(done) == 4 and {t.state for t in done} == {optuna.trial.TrialState.COMPLETE}
+    # no parameters completed twice, no trial ran twice, each in a job folder of its own
+    assert len({tuple(sorted(t.params.items())) for t in done}) == 4
+    for t in done:
+        assert (said[job] + said[live]).count(f"trial {t.number}: ") == 1
+        assert metrics(sweep_dir / str(t.number))["best_val_acc"] == pytest.approx(t.value)
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert results["trials"] == {"complete": 4}
 
 
 @pytest.mark.slow
