@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import socket
@@ -12,6 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -125,6 +129,53 @@ def compared(run_dir: Path) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["metrics"].pop("model/latency_ms", None)  # a timing: never the same twice
     return {k: metrics[k] for k in COMPARED} | {"best": Path(metrics["best_checkpoint"]).name}
+
+
+@contextlib.contextmanager
+def process_state_kept():
+    """What a command changes in its process, put back: Hydra's current config, the root logger's handlers
+    (Hydra adds one on the run's train.log, gone with the example's folder) and torch's thread count. Later
+    tests in this worker run Lightning in-process and would inherit them."""
+    import logging
+
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    root = logging.getLogger()
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+            root.removeHandler(handler)  # the run's train.log, in a folder about to be deleted
+            handler.close()
+        torch.set_num_threads(threads)
+
+
+def run_in_process(name: str, argv: list[str], data_root: Path) -> tuple[int, str]:
+    """`python -m mnist_lit.<name> argv...` in this process: (exit code, stdout + stderr)."""
+    module = importlib.import_module(f"mnist_lit.{name}")
+    out = io.StringIO()
+    saved_argv, saved_env = sys.argv, dict(os.environ)
+    sys.argv = [module.__file__, *argv]
+    os.environ.pop("HYDRA_FULL_ERROR", None)
+    os.environ["MNIST_ROOT"] = str(data_root)  # a config that drops data.root reads no real data
+    code = 0
+    try:
+        # a completed run exits at once, skipping the interpreter's teardown: here it returns instead
+        with process_state_kept(), mock.patch("mnist_lit.cli.entry.exit_without_teardown", lambda: None), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            module.main(*([argv] if name in ("summarize", "confirm") else []))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return code, out.getvalue()
 
 
 def run_cli(module: str, *overrides: str, timeout: float = 600, env: dict | None = None):

@@ -12,20 +12,15 @@ printed at the end of the module.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
 import json
 import os
 import re
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
-from unittest import mock
 
 import pytest
-from conftest import write_mnist
+from conftest import run_in_process, write_mnist
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -174,52 +169,10 @@ TINY = ["data.val_size=100", "data.download=false", "trainer=cpu", "trainer.max_
         "logger=csv", "steps_per_execution=2", "model.net.hidden_sizes=[16]", "threads=1"]
 
 
-@contextlib.contextmanager
-def process_state_kept():
-    """What a command changes in its process, put back: Hydra's current config, the root logger's handlers
-    (Hydra adds one on the run's train.log, gone with the example's folder) and torch's thread count. Later
-    tests in this worker run Lightning in-process and would inherit them."""
-    import logging
-
-    import torch
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    root = logging.getLogger()
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        HydraConfig.instance().cfg = None
-        GlobalHydra.instance().clear()
-        for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-            root.removeHandler(handler)  # the run's train.log, in a folder about to be deleted
-            handler.close()
-        torch.set_num_threads(threads)
-
-
 def run_command(name: str, argv: list[str], data_root: Path) -> tuple[int, str]:
-    """`python -m mnist_lit.<name> argv...` in this process: (exit code, stdout + stderr)."""
-    module = importlib.import_module(f"mnist_lit.{name}")
-    out = io.StringIO()
-    saved_argv, saved_env = sys.argv, dict(os.environ)
-    sys.argv = [module.__file__, *argv]
-    os.environ.pop("HYDRA_FULL_ERROR", None)
-    os.environ["MNIST_ROOT"] = str(data_root)  # a config that drops data.root reads no real data
-    code = 0
-    try:
-        # a completed run exits at once, skipping the interpreter's teardown: here it returns instead
-        with process_state_kept(), mock.patch("mnist_lit.cli.entry.exit_without_teardown", lambda: None), \
-                contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            module.main(*([argv] if name in ("summarize", "confirm") else []))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = saved_argv
-        os.environ.clear()
-        os.environ.update(saved_env)
+    """`python -m mnist_lit.<name> argv...` in this process, counted: (exit code, stdout + stderr)."""
     TRIED[name] += 1
-    return code, out.getvalue()
+    return run_in_process(name, argv, data_root)
 
 
 def check_outcome(code: int, output: str, argv: list[str]) -> None:

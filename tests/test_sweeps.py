@@ -2,13 +2,14 @@
 test_optuna.py)."""
 
 import csv
+import importlib
 import io
 import json
 import math
 
 import pytest
 import yaml
-from conftest import SYNTHETIC_OVERRIDES, run_cli
+from conftest import SYNTHETIC_OVERRIDES, run_cli, run_in_process
 
 # one short epoch per job, no callbacks: these tests are about the sweep, not the training
 SHORT = [*SYNTHETIC_OVERRIDES, "trainer.max_epochs=1", "callbacks=none"]
@@ -111,6 +112,45 @@ def test_grid_sweep_jobs_tensorboard_and_summary(synthetic_root, tmp_path):
     assert len(lines) == 2 + 4 and all("completed" in line for line in lines[2:])
     assert "4 completed" in proc.stderr
     assert (tmp_path / "summary.png").stat().st_size > 1000
+
+
+class Composer:
+    def load_sweep_config(self, master_config, sweep_overrides):
+        return {"job": sweep_overrides}
+
+
+def test_a_grid_composes_each_job_config_once(synthetic_root, tmp_path):
+    # Hydra's basic sweeper composes each job to check the batch and again to launch it; mnist-lit's launches
+    # the checked one. In this process (the basic launcher), counting Hydra's compositions
+    import pickle
+    from unittest import mock
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    composed = []
+    compose = ConfigLoaderImpl.load_sweep_config
+
+    def counted(loader, master_config, sweep_overrides):
+        composed.append(tuple(sweep_overrides))
+        return compose(loader, master_config, sweep_overrides)
+
+    with mock.patch.object(ConfigLoaderImpl, "load_sweep_config", counted):
+        code, output = run_in_process("train", ["-m", "seed=1,2,3", f"data.root={synthetic_root}", *SHORT,
+                                                "logger=csv", f"hydra.sweep.dir={tmp_path}"], synthetic_root)
+    assert code == 0, output[-3000:]
+    assert sorted(composed) == sorted(set(composed)) and len(composed) == 3
+    # each job ran its own config: its seed, its number
+    for i, seed in enumerate((1, 2, 3)):
+        job = yaml.safe_load((tmp_path / str(i) / ".hydra" / "config.yaml").read_text())
+        hydra_cfg = yaml.safe_load((tmp_path / str(i) / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        assert (job["seed"], hydra_cfg["job"]["num"], metrics(tmp_path / str(i))["seed"]) == (seed, i, seed)
+
+    # a launcher that ships the jobs to other processes (joblib, submitit) composes there: nothing kept
+    # the module as Hydra's plugin scan last loaded it, as a sweep pickles it
+    loader = importlib.import_module("hydra_plugins.mnist_lit_basic.basic_sweeper").ComposedOnce(Composer())
+    loader.load_sweep_config(None, ["seed=1"])
+    assert list(loader.kept) == [("seed=1",)]
+    assert pickle.loads(pickle.dumps(loader)).kept == {} and loader.kept == {}
 
 
 @pytest.mark.slow
