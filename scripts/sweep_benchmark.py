@@ -5,7 +5,9 @@ Both are whole `python -m mnist_lit.train -m ...` commands on the real data, alt
 repetitions so that a shared machine's noise hits both alike. Reports each sweep's wall time, the jobs' fit
 times and test accuracies, the ratio parallel / sequential (below 1: parallel is faster), what a job costs
 besides its fit (the sweep's wall minus the fits, per job; for joblib also wall x workers minus the fits,
-the workers' busy time), and what a fresh process pays to import what a job needs (a SLURM job pays it once).
+the workers' busy time), what a warm job costs besides its fit (from the end of its worker's previous job
+to its own end, minus its fit: the imports are paid by each worker's first job), and what a fresh process
+pays to import what a job needs (a SLURM job pays it once).
 
     python scripts/sweep_benchmark.py --root ../shared/mnist --reps 1
     python scripts/sweep_benchmark.py --jobs 16 --reps 2
@@ -50,6 +52,25 @@ def overheads(launcher: str, r: dict) -> tuple[float, float]:
     return (r["wall_s"] - fits) / jobs, (r["wall_s"] * workers(launcher, jobs) - fits) / jobs
 
 
+def warm_costs(sweep_dir: Path, jobs: int, fits: list[float]) -> list[float]:
+    """Each warm job's cost besides its fit: from its worker's previous job's end to its own end, minus its
+    fit. A job starts when Hydra writes its .hydra/config.yaml and ends with its metrics.json; a job runs on
+    the worker whose last job ended latest before it started (a free worker takes the next job at once)."""
+    start = [(sweep_dir / str(i) / ".hydra" / "config.yaml").stat().st_mtime for i in range(jobs)]
+    end = [(sweep_dir / str(i) / "metrics.json").stat().st_mtime for i in range(jobs)]
+    last_end: list[float] = []  # per worker seen so far: its last job's end
+    costs = []
+    for i in sorted(range(jobs), key=start.__getitem__):
+        free = [w for w, t in enumerate(last_end) if t <= start[i]]
+        if free:  # a warm job: its worker had run one before
+            w = max(free, key=last_end.__getitem__)
+            costs.append(end[i] - last_end[w] - fits[i])
+            last_end[w] = end[i]
+        else:  # a new worker's first job: it paid the imports
+            last_end.append(end[i])
+    return costs
+
+
 def spread(values) -> str:
     values = list(values)
     return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
@@ -63,7 +84,8 @@ def sweep(args, launcher: str, sweep_dir: Path) -> dict:
     ]
     wall, _ = timed(cmd, f"sweep_benchmark: the {launcher} sweep")
     jobs = [json.loads((sweep_dir / str(i) / "metrics.json").read_text()) for i in range(args.jobs)]
-    return {"wall_s": wall, "fit_s": [j["fit_seconds"] for j in jobs],
+    fits = [j["fit_seconds"] for j in jobs]
+    return {"wall_s": wall, "fit_s": fits, "warm_s": warm_costs(sweep_dir, args.jobs, fits),
             "test_acc": [j["test_acc"] for j in jobs], "device": jobs[0]["device"]}
 
 
@@ -86,8 +108,8 @@ def main() -> None:
                 print(f"rep {rep} {name:10s} wall {r['wall_s']:6.1f} s  fit per job "
                       f"{', '.join(f'{f:.1f}' for f in r['fit_s'])} s  test/acc "
                       f"{', '.join(f'{a:.4f}' for a in r['test_acc'])}  [{r['device']}]  besides the fit, "
-                      f"per job: {per_job:.2f} s (x{workers(name, args.jobs)} workers: {busy:.2f} s)",
-                      flush=True)
+                      f"per job: {per_job:.2f} s (x{workers(name, args.jobs)} workers: {busy:.2f} s); "
+                      f"a warm job besides its fit: {spread(r['warm_s'])} s", flush=True)
         imports = import_seconds()
 
     walls = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in results.items()}
@@ -100,7 +122,8 @@ def main() -> None:
     for name, rs in results.items():
         print(f"{name}: a job's cost besides its fit (min / median / max), (wall - fits) / jobs "
               f"{spread(overheads(name, r)[0] for r in rs)} s; (wall x {workers(name, args.jobs)} workers - "
-              f"fits) / jobs {spread(overheads(name, r)[1] for r in rs)} s; fit per job "
+              f"fits) / jobs {spread(overheads(name, r)[1] for r in rs)} s; a warm job besides its fit "
+              f"{spread(w for r in rs for w in r['warm_s'])} s; fit per job "
               f"{spread(f for r in rs for f in r['fit_s'])} s")
     print(f"a fresh process's imports (min / median / max of {len(imports)}): {spread(imports)} s")
 
