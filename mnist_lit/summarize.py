@@ -216,6 +216,9 @@ def counts_note(jobs: list[dict], sweep_dir: Path) -> str:
 def summarize(sweep_dir: Path, use_csv: bool = False, plot_path: Path | None = None) -> tuple[str, list[str]]:
     """The tables, and notes for the reader (job counts, shared overrides, Optuna's best, the plot's path)."""
     jobs, objectives = read_sweep(sweep_dir)
+    search = Search.of(sweep_dir, objectives)
+    if search is not None:
+        search.mark_reruns(jobs)
     swept, common = swept_keys(jobs)
     render = as_csv if use_csv else markdown
     parts = [render(*job_table(jobs, swept, objectives))]
@@ -226,7 +229,6 @@ def summarize(sweep_dir: Path, use_csv: bool = False, plot_path: Path | None = N
     notes = [counts_note(jobs, sweep_dir)]
     if common:
         notes.append("shared overrides: " + " ".join(f"{k}={v}" for k, v in common.items()))
-    search = Search.of(sweep_dir, objectives)
     if search is not None:
         parts += [render(*table) for table in (search.pareto_table(), search.importance_table()) if table]
         notes += search.notes
@@ -247,6 +249,12 @@ def compare(sweep_dirs: list[Path], use_csv: bool = False) -> tuple[str, list[st
     of a configuration together: mean ± std), the columns every override that differs between any two jobs
     of them all; then each search's Pareto front and parameter importances."""
     sweeps = [(sweep_dir, *read_sweep(sweep_dir)) for sweep_dir in sweep_dirs]
+    searches = []
+    for sweep_dir, jobs, objectives in sweeps:
+        search = Search.of(sweep_dir, objectives, label=str(sweep_dir))
+        if search is not None:
+            search.mark_reruns(jobs)
+            searches.append(search)
     everyone = [job for _, jobs, _ in sweeps for job in jobs]
     swept, _ = swept_keys(everyone)
     keys = [k for k in swept if k not in SEED_KEYS]
@@ -258,8 +266,6 @@ def compare(sweep_dirs: list[Path], use_csv: bool = False) -> tuple[str, list[st
     render = as_csv if use_csv else markdown
     parts = [render(header, rows)]
     notes = [counts_note(jobs, sweep_dir) for sweep_dir, jobs, _ in sweeps]
-    found = (Search.of(sweep_dir, objectives, label=str(sweep_dir)) for sweep_dir, _, objectives in sweeps)
-    searches = [search for search in found if search is not None]
     for tables in (s.pareto_table() for s in searches), (s.importance_table() for s in searches):
         table = merged([t for t in tables if t])
         if table:
@@ -331,6 +337,21 @@ class Search:
             search.notes.append(f"{search.where}Optuna best {search.objectives[0]} = {best}: " + " ".join(
                 f"{k}={v}" for k, v in (search.results.get("best_params") or {}).items()))
         return search
+
+    def mark_reruns(self, jobs: list[dict]) -> None:
+        """Jobs whose trial was stopped (Ctrl-C, a requeued or dead worker) and its parameters run again as
+        a later trial: status `rerun`, and which trial ran them."""
+        from mnist_lit.search.worker import RETRY_OF
+
+        if self.study is None:
+            return
+        again = {t.user_attrs[RETRY_OF]: t.number for t in self.study.get_trials(deepcopy=False)
+                 if t.user_attrs.get(RETRY_OF) is not None}
+        for job in jobs:
+            number = int(job["job"]) if job["job"].isdigit() else None
+            if number in again:
+                job["error"] = f"{job['status']}; its parameters ran again as trial {again[number]}"
+                job["status"] = "rerun"
 
     @property
     def where(self) -> str:

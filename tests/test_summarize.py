@@ -106,6 +106,32 @@ def test_importances_of_too_few_trials_are_a_note(tmp_path, capsys):
     assert "parameter importances: too few completed trials (1) to tell the parameters apart" in err
 
 
+def test_a_stopped_trial_run_again_is_a_rerun_not_an_interruption(tmp_path, capsys):
+    from mnist_lit.search.worker import fail_and_retry
+
+    lr, width = "model.optimizer.lr", "model.net.hidden_sizes.0"
+    study = fake_search(tmp_path, [({lr: 1e-3, width: 128}, [0.97]), ({lr: 3e-3, width: 64}, [0.96])],
+                        directions=("maximize",), objectives=["val/acc_best"])
+    # trial 2's worker was requeued mid-trial: its job stopped "interrupted", its parameters ran as trial 3
+    space = {lr: optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             width: optuna.distributions.CategoricalDistribution([32, 64, 128])}
+    stopped = study.ask(space)
+    fake_job(tmp_path, 2, [f"{k}={v}" for k, v in stopped.params.items()], {"status": "interrupted"})
+    assert fail_and_retry(study, study.trials[2], interrupted=stopped)
+    again = study.ask(space)
+    assert again.params == stopped.params
+    study.tell(again, 0.95)
+    fake_job(tmp_path, 3, [f"{k}={v}" for k, v in again.params.items()], done(0.95, None))
+    main([str(tmp_path), "--csv"])
+    out, err = capsys.readouterr()
+    row = next(line for line in out.splitlines() if line.startswith("2,"))
+    assert row.endswith(",rerun,interrupted; its parameters ran again as trial 3")
+    assert f"4 jobs in {tmp_path}: 3 completed, 1 rerun" in err
+
+    main([str(tmp_path), str(tmp_path)])  # side by side as well
+    assert f"4 jobs in {tmp_path}: 3 completed, 1 rerun" in capsys.readouterr().err
+
+
 def done(val, test, **extra):
     return {"status": "completed", "best_val_acc": val, "test_acc": test, "fit_seconds": 3.0,
             "metrics": {"val/acc_best": val, "test/acc": test, **extra}}
