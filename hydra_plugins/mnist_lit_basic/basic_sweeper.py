@@ -7,7 +7,7 @@ processes (joblib, submitit) composes there as before.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple  # noqa: UP035 (OmegaConf reads these annotations)
+from typing import Any, Dict, List, Optional, Sequence, Tuple  # noqa: UP035 (OmegaConf reads these annotations)
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper as HydraBasicSweeper
 from hydra.core.config_loader import ConfigLoader
@@ -20,21 +20,24 @@ KEPT = 64
 
 
 class ComposedOnce(ConfigLoader):
-    """A config loader that hands a composed job config to its next request for the same overrides."""
+    """A config loader that hands the configs the batch check composed to the launcher's requests."""
 
     def __init__(self, loader: ConfigLoader) -> None:
         self.loader = loader
-        self.kept: Dict[Tuple[str, ...], DictConfig] = {}  # noqa: UP006
+        self.kept: Dict[Tuple[str, ...], List[DictConfig]] = {}  # noqa: UP006
+
+    def compose_and_keep(self, master_config: DictConfig, sweep_overrides: List[str]) -> None:  # noqa: UP006
+        """Compose a job's config (raising what the composition raises) and keep it for the launcher."""
+        config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        if sum(map(len, self.kept.values())) < KEPT:
+            # one per job: two jobs of the same overrides (seed=0,0) each get their own config
+            self.kept.setdefault(tuple(sweep_overrides), []).append(config)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:  # noqa: UP006
-        key = tuple(sweep_overrides)
-        if key in self.kept:
-            return self.kept.pop(key)
-        config = self.loader.load_sweep_config(master_config, sweep_overrides)
-        if len(self.kept) < KEPT:
-            # the launcher changes its copy (job id, num): the check's is never read again
-            self.kept[key] = config
-        return config
+        kept = self.kept.get(tuple(sweep_overrides))
+        if kept:
+            return kept.pop(0)
+        return self.loader.load_sweep_config(master_config, sweep_overrides)
 
     def __getstate__(self) -> Dict[str, Any]:  # noqa: UP006
         # shipped to another process (joblib, submitit): the job composes there, so keep nothing here either
@@ -66,9 +69,13 @@ class ComposedOnce(ConfigLoader):
 
 class BasicSweeper(HydraBasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        context = HydraContext(config_loader=ComposedOnce(hydra_context.config_loader),
-                               callbacks=hydra_context.callbacks)
+        self.loader = ComposedOnce(hydra_context.config_loader)
+        context = HydraContext(config_loader=self.loader, callbacks=hydra_context.callbacks)
         super().setup(hydra_context=context, task_function=task_function, config=config)
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        for overrides in batch:  # as Hydra's check: every job composes, before any runs
+            self.loader.compose_and_keep(self.config, list(overrides))
 
 
 @dataclass
