@@ -161,6 +161,44 @@ def test_two_trials_in_parallel_with_joblib(synthetic_root, tmp_path):
     assert {metrics(tmp_path / str(i))["status"] for i in (0, 1)} == {"completed"}
 
 
+def test_combinations_of_a_grid():
+    from mnist_lit.search.space import SearchSpaceError, combinations, parse
+
+    space, _ = parse(["seed=1,2", "w=range(16, 48, 16)", "p=range(0.0, 0.3, 0.1)"])
+    grid = combinations(space)
+    assert len(grid) == 2 * 2 * 3 and len({tuple(c.items()) for c in grid}) == 12
+    assert {c["seed"] for c in grid} == {1, 2} and {c["w"] for c in grid} == {16, 32}
+    assert sorted({c["p"] for c in grid}) == pytest.approx([0.0, 0.1, 0.2])
+    with pytest.raises(SearchSpaceError, match="lr: a grid runs lists of values, not an interval: list them"):
+        combinations(parse(["lr=tag(log, interval(1e-4, 1e-2))"])[0])
+
+
+@pytest.mark.slow
+def test_a_grid_run_by_two_workers_runs_each_combination_once_and_resumes(synthetic_root, tmp_path):
+    grid = ["hparams_search=optuna_grid", "seed=1,2", "model.optimizer.lr=1e-3,3e-3", "trainer.max_epochs=1"]
+    workers = ["hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc = search(synthetic_root, tmp_path, *grid, *workers)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Grid of 4 combinations (n_trials=4)" in proc.stdout + proc.stderr
+    trials = study_of(tmp_path).trials
+    combos = sorted((t.params["seed"], t.params["model.optimizer.lr"]) for t in trials)
+    assert combos == [(1, 1e-3), (1, 3e-3), (2, 1e-3), (2, 3e-3)]
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    for t in trials:  # job k is trial k, tested as in a plain grid, its value the study's
+        m = metrics(tmp_path / str(t.number))
+        assert (m["status"], m["seed"], m["best_val_acc"]) == ("completed", t.params["seed"], t.value)
+        assert m["test_acc"] is not None
+    # the same command again: every combination is in the study, none runs again
+    again = search(synthetic_root, tmp_path, *grid)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(study_of(tmp_path).trials) == 4 and not (tmp_path / "4").exists()
+    # an interval is no grid: one paragraph, nothing run
+    proc = search(synthetic_root, tmp_path / "interval", *grid, "model.net.dropout=interval(0, 0.5)")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "model.net.dropout: a grid runs lists of values, not an interval" in proc.stderr
+    assert not (tmp_path / "interval" / "0").exists()
+
+
 def test_search_refuses_to_optimize_a_test_metric(synthetic_root, tmp_path):
     proc = search(synthetic_root, tmp_path, "optimized_metric=test/acc")
     assert proc.returncode == 1

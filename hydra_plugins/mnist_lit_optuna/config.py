@@ -31,6 +31,9 @@ class OptunaSweeperConf:
     heartbeat_interval: float = 10.0
     # stop the search with an error when more than this fraction of its trials failed
     max_failure_rate: float = 1.0
+    # true: run every combination of the space's lists of values once (trials enqueued in the study, taken
+    # by the workers in order); n_trials is then the number of combinations, and the sampler is not asked
+    grid: bool = False
     # the search space in Hydra's override grammar: key -> choice(...), range(...), tag(log, interval(...))
     params: Dict[str, str] = field(default_factory=dict)  # noqa: UP006
 

@@ -6,6 +6,8 @@ asks the study for a trial as soon as its last one ended, runs it as a Hydra job
 - The study lives in a storage (default: the journal file <sweep dir>/optuna.journal), so running the sweep
   again with the same folder continues it up to n_trials, and several sweeper processes started on the same
   storage share it: heartbeats tell a dead process's running trials, which are run again.
+- A grid (hydra.sweeper.grid=true, hparams_search=optuna_grid): every combination of the space's lists is
+  enqueued once, and the workers take them in order; n_trials is their number.
 - Trial k runs in job folder <sweep dir>/k; its job finds the trial through three environment variables
   (mnist_lit/search/trial.py) and reports val/acc every epoch to the pruner.
 """
@@ -36,8 +38,8 @@ class SearchError(CompactHydraException):
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, pruner: Any, direction: str | list[str], study_name: str,
                  storage: str | None, n_trials: int, n_jobs: int, heartbeat_interval: float,
-                 max_failure_rate: float, params: DictConfig | None) -> None:
-        self.sampler, self.pruner = sampler, pruner
+                 max_failure_rate: float, grid: bool, params: DictConfig | None) -> None:
+        self.sampler, self.pruner, self.grid = sampler, pruner, grid
         from mnist_lit.search.study import directions
 
         self.directions = directions(direction)
@@ -109,15 +111,18 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from mnist_lit.errors import RunStopped
-        from mnist_lit.search.space import SearchSpaceError, parse
+        from mnist_lit.search.space import SearchSpaceError, combinations, parse
         from mnist_lit.search.study import shown
         from mnist_lit.search.worker import STOPPED, Search, Worker, counted
 
         self.check()
         try:
             space, fixed = parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+            grid = combinations(space) if self.grid else None
         except SearchSpaceError as err:
             raise SearchError(f"search space (hydra.sweeper.params or the command line): {err}") from None
+        if grid is not None:
+            self.n_trials = len(grid)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         # as Hydra's basic sweeper: the search's config and overrides, read by resume= and mnist_lit.confirm
@@ -126,6 +131,11 @@ class OptunaSweeper(Sweeper):
         study = self.open_study(url)
         if study.user_attrs.get(STOPPED):  # an earlier run stopped at max_failure_rate: this one decides anew
             study.set_user_attr(STOPPED, None)
+        if grid is not None:  # each combination once: one already in the study (an earlier run) is not added
+            for params in grid:
+                study.enqueue_trial(params, skip_if_exists=True)
+            log.info("Grid of %d combinations (n_trials=%d), run in order by the workers; the sampler is not "
+                     "asked", len(grid), len(grid))
         search = Search(url=url, study_name=self.study_name, space=space, fixed=fixed, n_trials=self.n_trials,
                         objectives=len(self.directions), max_failure_rate=self.max_failure_rate,
                         heartbeat_interval=self.heartbeat_interval)

@@ -75,6 +75,27 @@ def parse(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     return space, fixed
 
 
+def combinations(space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of a space's values, in the order of its keys and their values; each distribution
+    must be a list of values (choice, a comma list, range), not an interval."""
+    import itertools
+
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    values = {}
+    for key, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            values[key] = list(dist.choices)
+        elif isinstance(dist, (IntDistribution, FloatDistribution)) and dist.step and not dist.log:
+            count = round((dist.high - dist.low) / dist.step) + 1
+            values[key] = [dist.low + i * dist.step for i in range(count)]
+        else:
+            raise SearchSpaceError(f"{key}: a grid runs lists of values, not an interval: list them "
+                                   f"({key}=a,b,c, choice(...) or range(...)), or search the interval with "
+                                   "hparams_search=optuna")
+    return [dict(zip(values, combo, strict=True)) for combo in itertools.product(*values.values())]
+
+
 def to_override(key: str, value: Any) -> str:
     """A sampled value as a command-line override (floats in full precision, null for None)."""
     if value is None:
