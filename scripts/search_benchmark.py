@@ -1,6 +1,7 @@
 """Idle workers in a parallel Optuna search: one whole `python -m mnist_lit.train -m hparams_search=optuna`
 command (n_jobs workers, hydra/launcher=joblib, the median pruner) on the real data, then, from its trials'
-job folders (job_times), how much of the search's wall time its workers spent without a job:
+job folders (timed.job_times: the study's own trial datetimes would not show a batch's barrier), how much of
+the search's wall time its workers spent without a job:
 
     idle share = 1 - (sum of the jobs' durations) / (workers x span)
 
@@ -22,21 +23,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from timed import timed
+from timed import job_times, timed
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def job_times(sweep_dir: Path) -> dict[int, tuple[float, float]]:
-    """Each trial's job, from its folder: when Hydra started it (its .hydra/overrides.yaml written) and when
-    it ended (its metrics.json written). The study's own trial datetimes do not show a batch's barrier: a
-    batch's trials are all asked before it starts and told after its last job ends."""
-    times = {}
-    for job in sweep_dir.iterdir():
-        start, end = job / ".hydra" / "overrides.yaml", job / "metrics.json"
-        if job.name.isdigit() and start.is_file() and end.is_file():
-            times[int(job.name)] = (start.stat().st_mtime, end.stat().st_mtime)
-    return times
 
 
 def idle_shares(times: dict[int, tuple[float, float]], workers: int, worker_of: dict[int, str]) -> dict:

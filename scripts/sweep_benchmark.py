@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timed import timed
+from timed import job_times, timed
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHERS = {"sequential": [], "joblib": ["hydra/launcher=joblib"]}
@@ -52,22 +52,21 @@ def overheads(launcher: str, r: dict) -> tuple[float, float]:
     return (r["wall_s"] - fits) / jobs, (r["wall_s"] * workers(launcher, jobs) - fits) / jobs
 
 
-def warm_costs(sweep_dir: Path, jobs: int, fits: list[float]) -> list[float]:
+def warm_costs(times: dict[int, tuple[float, float]], fits: list[float]) -> list[float]:
     """Each warm job's cost besides its fit: from its worker's previous job's end to its own end, minus its
-    fit. A job starts when Hydra writes its .hydra/config.yaml and ends with its metrics.json; a job runs on
-    the worker whose last job ended latest before it started (a free worker takes the next job at once)."""
-    start = [(sweep_dir / str(i) / ".hydra" / "config.yaml").stat().st_mtime for i in range(jobs)]
-    end = [(sweep_dir / str(i) / "metrics.json").stat().st_mtime for i in range(jobs)]
+    fit (`times`: job -> start, end). A job runs on the worker whose last job ended latest before it started
+    (a free worker takes the next job at once)."""
     last_end: list[float] = []  # per worker seen so far: its last job's end
     costs = []
-    for i in sorted(range(jobs), key=start.__getitem__):
-        free = [w for w, t in enumerate(last_end) if t <= start[i]]
+    for i in sorted(times, key=lambda n: times[n][0]):
+        start, end = times[i]
+        free = [w for w, t in enumerate(last_end) if t <= start]
         if free:  # a warm job: its worker had run one before
             w = max(free, key=last_end.__getitem__)
-            costs.append(end[i] - last_end[w] - fits[i])
-            last_end[w] = end[i]
+            costs.append(end - last_end[w] - fits[i])
+            last_end[w] = end
         else:  # a new worker's first job: it paid the imports
-            last_end.append(end[i])
+            last_end.append(end)
     return costs
 
 
@@ -85,7 +84,7 @@ def sweep(args, launcher: str, sweep_dir: Path) -> dict:
     wall, _ = timed(cmd, f"sweep_benchmark: the {launcher} sweep")
     jobs = [json.loads((sweep_dir / str(i) / "metrics.json").read_text()) for i in range(args.jobs)]
     fits = [j["fit_seconds"] for j in jobs]
-    return {"wall_s": wall, "fit_s": fits, "warm_s": warm_costs(sweep_dir, args.jobs, fits),
+    return {"wall_s": wall, "fit_s": fits, "warm_s": warm_costs(job_times(sweep_dir), fits),
             "test_acc": [j["test_acc"] for j in jobs], "device": jobs[0]["device"]}
 
 
